@@ -1,0 +1,53 @@
+"""The Model noun: an image encoder to fine-tune, its preprocessing, and (when it has one) a frozen text tower."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+#: Every model forgetbench can build, by name. Entries are zero-argument builders returning a ``Model``.
+MODELS = Registry("model")
+
+
+@dataclass
+class Model:
+    """A foundation model as forgetbench sees it.
+
+    ``visual`` maps preprocessed images [B, 3, H, W] to features [B, D]; it is the part that gets fine-tuned.
+    ``encode_text`` (None for image-only models such as DINOv2) maps prompts to unnormalised embeddings [N, D] with
+    the frozen text tower; zero-shot metrics and zero-shot head initialisation need it.
+    ``preprocess_id`` names the preprocessing exactly: it is part of feature-cache keys.
+    """
+
+    name: str
+    visual: nn.Module
+    preprocess: Callable
+    preprocess_id: str
+    feature_dim: int
+    encode_text: Optional[Callable[[list[str]], torch.Tensor]] = None
+    logit_scale: float = 100.0
+
+    @property
+    def has_text(self) -> bool:
+        return self.encode_text is not None
+
+
+def state_dict_hash(module_or_state: nn.Module | dict) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every tensor: the identity of a set of weights."""
+    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def get_model(name: str) -> Model:
+    """Build a registered model by name (unknown names fail with did-you-mean suggestions)."""
+    return MODELS.get(name)()
