@@ -1,0 +1,575 @@
+"""Task specs: a versioned fine-tune-then-measure-forgetting protocol, kept as data in ``tasks/*.yaml``.
+
+A task names the model, the fine-tune dataset, the held-out datasets and how to evaluate them, the training
+hyper-parameters, the default methods and the seeds. ``load_task`` finds a task by name or path and validates it;
+every problem becomes one ``SpecError`` line that starts with ``file:line`` so the user can jump to it.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import os
+import re
+import reprlib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from .errors import SpecError, UnknownNameError
+from .registry import Registry
+
+ENV_TASKS_PATH = "FORGETBENCH_TASKS_PATH"
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+HEAD_INITS = ("zeroshot", "linear-probe")
+DRIFTS = ("l2", "kernel", "otdd")
+_PACKAGE_TASKS = Path(__file__).resolve().parent.parent / "tasks"
+_INTERNAL = ("source", "lines")  # TaskSpec bookkeeping, not part of the protocol
+
+
+# ----------------------------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneSpec:
+    """The dataset the model is fine-tuned on, and which of its splits play which role."""
+
+    dataset: str
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearProbeSpec:
+    """The fixed linear-probe protocol: logistic regression, C chosen on the grid by validation accuracy."""
+
+    C_grid: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+    max_iter: int = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec:
+    """What is measured on the held-out datasets."""
+
+    datasets: tuple[str, ...]
+    linear_probe: LinearProbeSpec = LinearProbeSpec()
+    zero_shot: bool = True  # skipped automatically for models without a text tower
+    drift: tuple[str, ...] = ()
+    checkpoints: int = 0  # intermediate checkpoints to evaluate; 0 = only the final model
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Fine-tuning hyper-parameters. Exactly one of ``epochs`` / ``steps`` is set."""
+
+    optimizer: str = "adamw"
+    lr: float
+    weight_decay: float = 0.0
+    batch_size: int
+    epochs: int | None = None
+    steps: int | None = None
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    grad_clip: float | None = None
+    head_init: str = "zeroshot"
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    """One validated task. Build it with ``from_dict`` or ``load_task``; ``to_dict`` gives the resolved record form.
+
+    ``source`` (where it came from) and ``lines`` (dotted field path -> line in that file) only serve error
+    messages; they take no part in equality or ``to_dict``.
+    """
+
+    name: str
+    version: int
+    description: str = ""
+    model: str
+    finetune: FinetuneSpec
+    evaluate: EvalSpec
+    train: TrainSpec
+    methods: tuple[str, ...] = ("ft",)
+    method_params: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    seeds: tuple[int, ...]
+    source: str = field(default="<dict>", compare=False, repr=False)
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved spec (every default filled in) as plain JSON types, for result records."""
+        return _plain(self)
+
+    def params_for(self, method: str) -> dict[str, Any]:
+        """The task's overrides of ``method``'s hyper-parameters (empty when it has none), as plain types."""
+        return _plain(self.method_params.get(method, {}))
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "<dict>", *, lines: Mapping[str, int] | None = None) -> TaskSpec:
+        """Validate a parsed spec; raise ``SpecError`` naming ``source`` (and the line, when ``lines`` has it)."""
+        return _build(_Ctx(source, dict(lines or {})), d)
+
+
+def _plain(x: Any) -> Any:
+    """Dataclasses, mappings and tuples -> dicts and lists (JSON types)."""
+    if is_dataclass(x):
+        return {f.name: _plain(getattr(x, f.name)) for f in fields(x) if f.name not in _INTERNAL}
+    if isinstance(x, Mapping):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _keys(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name not in _INTERNAL)
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 60, 60, 2, 5, 4
+
+
+def _show(v: Any) -> str:
+    """A short one-line rendering of a user's value, in YAML words where Python's would mislead."""
+    if isinstance(v, bool):
+        return f"{str(v).lower()} (a boolean)"
+    if v is None:
+        return "null (empty)"
+    return _REPR.repr(v)
+
+
+def _join(path: str, key: Any) -> str:
+    key = key if isinstance(key, str) and re.fullmatch(r"[\w/+-]+", key) else _REPR.repr(key)
+    return f"{path}.{key}" if path else key
+
+
+def _line_of(lines: Mapping[str, int], path: str) -> int | None:
+    """Line of ``path``, else of its nearest recorded parent (a missing key is reported at its section)."""
+    if path in lines:
+        return lines[path]
+    for i in range(len(path) - 1, 0, -1):  # cut before each '.' or '[' (longest parent first)
+        if path[i] in ".[" and path[:i] in lines:
+            return lines[path[:i]]
+    return None
+
+
+def _prefix(source: str, lines: Mapping[str, int], path: str) -> str:
+    line = _line_of(lines, path)
+    return f"{source}:{line}" if line is not None else source
+
+
+def _hint(value: Any, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6) if isinstance(value, str) else []
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Ctx:
+    """Where errors point: the source name and the line table of its keys."""
+
+    def __init__(self, source: str, lines: dict[str, int]):
+        self.source, self.lines = source, lines
+
+    def err(self, path: str, msg: str) -> SpecError:
+        where = _prefix(self.source, self.lines, path)
+        return SpecError(f"{where}: {path}: {msg}" if path else f"{where}: {msg}")
+
+
+def _section(ctx: _Ctx, value: Any, path: str, cls: type | None, required: tuple[str, ...]) -> Mapping[str, Any]:
+    """Check ``value`` is a mapping with string keys, all of ``required`` and no key outside ``cls``'s fields.
+
+    ``cls=None`` accepts any string key (method names, parameter names).
+    """
+    accepted = _keys(cls) if cls is not None else None
+    if not isinstance(value, Mapping):
+        keys = f" with keys {', '.join(accepted)}" if accepted else ""
+        what = f"expected a mapping{keys}, got {_show(value)}"
+        raise ctx.err(path, what if path else f"the top level must be a mapping ({what})")
+    for key in value:
+        if not isinstance(key, str):
+            raise ctx.err(_join(path, key), f"keys must be strings, got {_show(key)}")
+        if accepted is not None and key not in accepted:
+            listing = ", ".join(sorted(accepted))
+            raise ctx.err(_join(path, key), f"unknown key{_hint(key, accepted)} (accepted: {listing})")
+    for key in required:
+        if key not in value:
+            raise ctx.err(_join(path, key), "missing required field")
+    return value
+
+
+def _int(ctx: _Ctx, v: Any, path: str, minimum: int, maximum: int | None = None) -> int:
+    # bool is an int subclass in Python; `epochs: true` is a typo, not 1
+    ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if not ok or v < minimum or (maximum is not None and v > maximum):
+        rng = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ctx.err(path, f"expected an integer {rng}, got {_show(v)}")
+    return int(v)
+
+
+def _num(ctx: _Ctx, v: Any, path: str, desc: str, ok: Callable[[float], bool]) -> float:
+    """A finite real number (ints accepted, bools not) for which ``ok`` holds; ``desc`` says which in words."""
+    x = None
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        try:
+            x = float(v)
+        except OverflowError:  # a huge YAML int
+            x = None
+    if x is None or not math.isfinite(x) or not ok(x):
+        raise ctx.err(path, f"expected {desc}, got {_show(v)}")
+    return x
+
+
+def _str(ctx: _Ctx, v: Any, path: str, what: str = "a non-empty string") -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ctx.err(path, f"expected {what}, got {_show(v)}")
+    return v
+
+
+def _choice(ctx: _Ctx, v: Any, path: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in allowed:
+        raise ctx.err(path, f"expected one of {', '.join(allowed)}, got {_show(v)}{_hint(v, allowed)}")
+    return v
+
+
+def _list(ctx: _Ctx, v: Any, path: str, item: Callable[[Any, str], Any], nonempty: bool = True) -> tuple:
+    """A list of distinct items, each checked by ``item(value, path)``."""
+    if not isinstance(v, (list, tuple)) or (nonempty and not v):
+        raise ctx.err(path, f"expected a {'non-empty ' if nonempty else ''}list, got {_show(v)}")
+    out: list = []
+    for i, x in enumerate(v):
+        x = item(x, f"{path}[{i}]")
+        if x in out:
+            raise ctx.err(f"{path}[{i}]", f"{_show(x)} is listed twice (also {path}[{out.index(x)}])")
+        out.append(x)
+    return tuple(out)
+
+
+def _param_value(ctx: _Ctx, v: Any, path: str) -> Any:
+    """Method overrides are JSON scalars or flat lists of them (e.g. a WiSE-FT alpha grid)."""
+    def scalar(x: Any, p: str) -> Any:
+        if x is None or isinstance(x, (bool, str)):
+            return x
+        if isinstance(x, numbers.Integral):
+            return int(x)
+        return _num(ctx, x, p, "a number, string, boolean, null or a list of those", lambda _: True)
+
+    if isinstance(v, (list, tuple)):
+        return tuple(scalar(x, f"{path}[{i}]") for i, x in enumerate(v))
+    return scalar(v, path)
+
+
+Check = Callable[[_Ctx, Any, str], Any]
+
+
+def _fill(ctx: _Ctx, raw: Mapping[str, Any], path: str, checks: dict[str, Check]) -> dict[str, Any]:
+    """Validated values of the keys present in ``raw``; absent keys keep their dataclass default (one source)."""
+    return {key: check(ctx, raw[key], _join(path, key)) for key, check in checks.items() if key in raw}
+
+
+def _positive(ctx: _Ctx, v: Any, p: str) -> float:
+    return _num(ctx, v, p, "a number > 0", lambda x: x > 0)
+
+
+def _name(what: str) -> Check:
+    return lambda ctx, v, p: _str(ctx, v, p, f"a {what} name")
+
+
+def _int_at_least(minimum: int) -> Check:
+    return lambda ctx, v, p: _int(ctx, v, p, minimum)
+
+
+def _one_of(allowed: tuple[str, ...]) -> Check:
+    return lambda ctx, v, p: _choice(ctx, v, p, allowed)
+
+
+def _or_null(check: Check) -> Check:
+    return lambda ctx, v, p: None if v is None else check(ctx, v, p)
+
+
+def _task_name(ctx: _Ctx, v: Any, p: str) -> str:
+    if not isinstance(v, str) or not NAME_RE.fullmatch(v):
+        raise ctx.err(p, f"expected a name matching {NAME_RE.pattern} (lower-case letters, digits, '.', '_', '-'), "
+                         f"got {_show(v)}")
+    return v
+
+
+def _text(ctx: _Ctx, v: Any, p: str) -> str:
+    if not isinstance(v, str):
+        raise ctx.err(p, f"expected a string, got {_show(v)}")
+    return v
+
+
+def _flag(ctx: _Ctx, v: Any, p: str) -> bool:
+    if not isinstance(v, bool):
+        raise ctx.err(p, f"expected true or false, got {_show(v)}")
+    return v
+
+
+def _seed(ctx: _Ctx, v: Any, p: str) -> int:
+    # numpy and torch both accept seeds in [0, 2**32); anything else would not reproduce everywhere
+    return _int(ctx, v, p, 0, 2**32 - 1)
+
+
+def _build(ctx: _Ctx, d: Any) -> TaskSpec:
+    top = _section(ctx, d, "", TaskSpec, ("name", "version", "model", "finetune", "evaluate", "train", "seeds"))
+    kw = _fill(ctx, top, "", {"name": _task_name, "version": _int_at_least(1), "description": _text,
+                              "model": _name("model")})
+    ft = _section(ctx, top["finetune"], "finetune", FinetuneSpec, ("dataset",))
+    kw["finetune"] = FinetuneSpec(**_fill(ctx, ft, "finetune", {"dataset": _name("dataset"),
+                                                                "train_split": _name("split"),
+                                                                "val_split": _name("split"),
+                                                                "test_split": _name("split")}))
+    kw["evaluate"] = _build_eval(ctx, top["evaluate"], kw["finetune"].dataset)
+    kw["train"] = _build_train(ctx, top["train"])
+    if "methods" in top:
+        kw["methods"] = _list(ctx, top["methods"], "methods", lambda v, p: _str(ctx, v, p, "a method name"))
+    params: dict[str, Mapping[str, Any]] = {}
+    for method, overrides in _section(ctx, top.get("method_params", {}), "method_params", None, ()).items():
+        path = _join("method_params", method)
+        _str(ctx, method, path, "a method name")
+        overrides = _section(ctx, overrides, path, None, ())
+        params[method] = MappingProxyType({k: _param_value(ctx, v, _join(path, k)) for k, v in overrides.items()})
+    kw["method_params"] = MappingProxyType(params)
+    kw["seeds"] = _list(ctx, top["seeds"], "seeds", lambda v, p: _seed(ctx, v, p))
+    return TaskSpec(**kw, source=ctx.source, lines=MappingProxyType(dict(ctx.lines)))
+
+
+def _build_eval(ctx: _Ctx, value: Any, finetune_dataset: str) -> EvalSpec:
+    ev = _section(ctx, value, "evaluate", EvalSpec, ("datasets",))
+
+    def held_out(v: Any, p: str) -> str:
+        v = _str(ctx, v, p, "a dataset name")
+        if v == finetune_dataset:
+            raise ctx.err(p, f"{v!r} is the fine-tune dataset (finetune.dataset); held-out datasets must differ")
+        return v
+
+    kw: dict[str, Any] = {"datasets": _list(ctx, ev["datasets"], "evaluate.datasets", held_out)}
+    path = "evaluate.linear_probe"
+    lp = _section(ctx, ev.get("linear_probe", {}), path, LinearProbeSpec, ())
+    kw["linear_probe"] = LinearProbeSpec(**_fill(ctx, lp, path, {
+        "C_grid": lambda ctx, v, p: _list(ctx, v, p, lambda x, q: _positive(ctx, x, q)),
+        "max_iter": _int_at_least(1),
+    }))
+    kw.update(_fill(ctx, ev, "evaluate", {
+        "zero_shot": _flag,
+        "drift": lambda ctx, v, p: _list(ctx, v, p, lambda x, q: _choice(ctx, x, q, DRIFTS), nonempty=False),
+        "checkpoints": _int_at_least(0),
+    }))
+    return EvalSpec(**kw)
+
+
+def _build_train(ctx: _Ctx, value: Any) -> TrainSpec:
+    tr = _section(ctx, value, "train", TrainSpec, ("lr", "batch_size"))
+    kw = _fill(ctx, tr, "train", {
+        "optimizer": _one_of(OPTIMIZERS),
+        "lr": _positive,
+        "weight_decay": lambda ctx, v, p: _num(ctx, v, p, "a number >= 0", lambda x: x >= 0),
+        "batch_size": _int_at_least(1),
+        "epochs": _or_null(_int_at_least(0)),
+        "steps": _or_null(_int_at_least(0)),
+        "warmup_steps": _int_at_least(0),
+        "schedule": _one_of(SCHEDULES),
+        "grad_clip": _or_null(lambda ctx, v, p: _num(ctx, v, p, "a number > 0 or null", lambda x: x > 0)),
+        "head_init": _one_of(HEAD_INITS),
+        "label_smoothing": lambda ctx, v, p: _num(ctx, v, p, "a number in [0, 1)", lambda x: 0 <= x < 1),
+    })
+    # null counts as absent so that to_dict() output (which carries both keys) loads again
+    if kw.get("epochs") is None and kw.get("steps") is None:
+        raise ctx.err("train.epochs", "missing required field: give exactly one of train.epochs or train.steps")
+    if kw.get("epochs") is not None and kw.get("steps") is not None:
+        raise ctx.err("train.steps", "give exactly one of train.epochs or train.steps, not both")
+    return TrainSpec(**kw)
+
+
+# ----------------------------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 insists on ``1.0e-3``; everybody writes ``1e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def _record_lines(node: yaml.Node, path: str, lines: dict[str, int], source: str, seen: set[int]) -> None:
+    """Fill ``lines`` with dotted path -> 1-based line of every key and list item; reject duplicate keys.
+
+    ``seen`` stops at nodes already visited, so aliases (even recursive ones) are walked once.
+    """
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            sub = _join(path, key.value)
+            if key.value in keys:  # PyYAML would silently keep the last one
+                raise SpecError(f"{source}:{key.start_mark.line + 1}: {sub}: duplicate key")
+            keys.add(key.value)
+            lines[sub] = key.start_mark.line + 1
+            _record_lines(value, sub, lines, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[f"{path}[{i}]"] = item.start_mark.line + 1
+            _record_lines(item, f"{path}[{i}]", lines, source, seen)
+
+
+def _parse(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    """YAML text -> (data, line table); any YAML problem becomes a one-line ``SpecError`` at file:line:column."""
+    lines: dict[str, int] = {}
+    loader = None
+    try:
+        loader = _Loader(text)  # the reader rejects control characters right here
+        node = loader.get_single_node()
+        if node is None:
+            return None, lines
+        _record_lines(node, "", lines, source, set())
+        return loader.construct_document(node), lines
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        what = "; ".join(" ".join(str(x).split()) for x in (e.context, e.problem) if x) or "syntax error"
+        raise SpecError(f"{where}: invalid YAML: {what}") from None
+    except yaml.reader.ReaderError as e:  # a control character; it carries an offset, not a mark
+        line = text.count("\n", 0, e.position) + 1
+        char = f"#x{e.character:04x}" if isinstance(e.character, int) else repr(e.character)
+        raise SpecError(f"{source}:{line}: invalid YAML: character {char} is not allowed") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{source}: invalid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: invalid task: nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def load_task_text(text: str, source: str = "<string>") -> TaskSpec:
+    """Parse and validate the YAML text of a task; errors name ``source``."""
+    data, lines = _parse(text, source)
+    if data is None:
+        raise SpecError(f"{source}: the task file is empty (expected a mapping with name, version, model, ...)")
+    return TaskSpec.from_dict(data, source, lines=lines)
+
+
+def _load_file(path: Path, source: str) -> TaskSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{source}: no such task file") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise SpecError(f"{source}: cannot read task file ({e.strerror or e})") from None
+    spec = load_task_text(text, source)
+    # inside a task directory the file name is the task's name: `forgetbench run mini-shapes` must find it
+    if path.resolve().parent in {d.resolve() for d in tasks_dirs()} and spec.name != path.stem:
+        raise SpecError(f"{_prefix(source, spec.lines, 'name')}: name: {spec.name!r} does not match the file name "
+                        f"{path.name!r} (tasks in a task directory must be named after their file: {path.stem!r})")
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------- lookup
+
+
+def tasks_dirs() -> list[Path]:
+    """The directories searched for ``*.yaml`` tasks: the project's ``tasks/``, then ``$FORGETBENCH_TASKS_PATH``."""
+    dirs = [_PACKAGE_TASKS]
+    for entry in os.environ.get(ENV_TASKS_PATH, "").split(os.pathsep):
+        if entry.strip():
+            d = Path(entry).expanduser()
+            if d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+class _TaskRegistry(Registry):
+    """Task name -> YAML path, rescanned whenever ``tasks_dirs()`` changes (e.g. the env var is set later)."""
+
+    def __init__(self) -> None:
+        super().__init__("task")
+        self._scanned: list[Path] | None = None
+        self._found: list[str] = []
+
+    def _load(self) -> None:
+        dirs = tasks_dirs()
+        if dirs != self._scanned:
+            for name in self._found:  # keep anything registered by hand
+                self._items.pop(name, None)
+            self._found = []
+            self.add_loader(lambda: self._scan(dirs))
+        super()._load()
+
+    def _scan(self, dirs: list[Path]) -> None:
+        where: dict[str, Path] = {}
+        for d in dirs:
+            if not d.is_dir():
+                if d == _PACKAGE_TASKS:  # an installed package has no tasks/ next to it
+                    continue
+                raise SpecError(f"{ENV_TASKS_PATH}: {str(d)!r} is not a directory (expected directories of task "
+                                f"YAML files, separated by {os.pathsep!r})")
+            for path in sorted([*d.glob("*.yaml"), *d.glob("*.yml")]):
+                if path.stem in where:
+                    raise SpecError(f"{path}: task {path.stem!r} is also defined in {where[path.stem]}; "
+                                    "rename one of them")
+                where[path.stem] = path
+        for name, path in where.items():
+            self.register(name, path)
+            self._found.append(name)
+        self._scanned = dirs  # only after success, so a failed scan is retried (and fails loudly) next time
+
+
+#: Every task found in ``tasks_dirs()``, by name; entries are paths, parsed by ``load_task``.
+TASKS: Registry = _TaskRegistry()
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.endswith((".yaml", ".yml")) or os.sep in s or bool(os.altsep and os.altsep in s)
+
+
+def load_task(name_or_path: str) -> TaskSpec:
+    """Load a task by registry name (``mini-shapes``) or by path (``my/task.yaml``), validated.
+
+    Raises ``UnknownNameError`` (with suggestions) for an unknown name and ``SpecError`` for a bad file.
+    """
+    if _looks_like_path(name_or_path):
+        return _load_file(Path(name_or_path).expanduser(), name_or_path)
+    path = TASKS.get(name_or_path)
+    return _load_file(Path(path), str(path))
+
+
+def check_names(spec: TaskSpec, datasets: Any, models: Any, methods: Any) -> None:
+    """Check every name in ``spec`` exists in its registry, and the method overrides are accepted.
+
+    Unknown names raise ``UnknownNameError`` with the registry's suggestions, prefixed by the spec's source and the
+    field; a method's ``check_params(params)`` (when it has one) raises ``SpecError``, prefixed the same way.
+    """
+    checks: list[tuple[str, str, Any]] = [("model", spec.model, models),
+                                          ("finetune.dataset", spec.finetune.dataset, datasets)]
+    checks += [(f"evaluate.datasets[{i}]", d, datasets) for i, d in enumerate(spec.evaluate.datasets)]
+    checks += [(f"methods[{i}]", m, methods) for i, m in enumerate(spec.methods)]
+    checks += [(_join("method_params", m), m, methods) for m in spec.method_params]
+    for path, name, registry in checks:
+        try:
+            registry.get(name)
+        except UnknownNameError as e:
+            raise UnknownNameError(f"{_prefix(spec.source, spec.lines, path)}: {path}: {e}") from e
+    for method in spec.method_params:
+        check = getattr(methods.get(method), "check_params", None)
+        if check is None:
+            continue
+        path = _join("method_params", method)
+        try:
+            check(spec.params_for(method))
+        except SpecError as e:
+            raise SpecError(f"{_prefix(spec.source, spec.lines, path)}: {path}: {e}") from e
