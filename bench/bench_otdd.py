@@ -1,0 +1,107 @@
+"""Timing of OTDD and of the Gaussian (Bures) label-cost matrix, batched vs microsoft/otdd's per-pair sqrtm loop.
+
+    python bench/bench_otdd.py [--n 5000] [--dim 512] [--classes 100] [--loop-rows 2] [--loop-cols 10]
+
+1. OTDD (gaussian label cost, debiased Sinkhorn since n > exact_max_n) between "reference" features and "fine-tuned"
+   features of the same n samples (L2-normalised clustered features and a drifted copy). Target: <= 20 s on 2 cores.
+2. The [C, C] label-cost matrix from class covariances, ``label_cost_gaussian`` vs ``label_cost_gaussian_loop``:
+   (a) covariances of the benchmark's own classes (n/C samples each, so rank-deficient + ridge), (b) full-rank
+   covariances (as with more samples per class than dimensions). The loop takes minutes at this size, so it is timed
+   on a block of loop-rows x loop-cols pairs and extrapolated (the table says so); for (b) the batched path is also
+   timed on a 10 x 10 class block and extrapolated by the pair count. Values are checked equal to 1e-6 on every pair
+   computed both ways.
+Run by hand; it is not part of the test suite. Timings depend on what else runs on the machine (load is printed).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from threadpoolctl import threadpool_limits
+
+from forgetbench.evaluate.otdd import class_stats, label_cost_gaussian, label_cost_gaussian_loop, otdd
+
+
+def features(n: int, dim: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clustered unit-norm 'reference' features, a drifted 'fine-tuned' copy of the same samples, labels."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    centres = rng.standard_normal((classes, dim))
+    ref = 0.15 * centres[y] + 0.05 * rng.standard_normal((n, dim)) + 0.1 * rng.standard_normal(dim)
+    ft = ref + 0.03 * rng.standard_normal((n, dim))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    return unit(ref), unit(ft), y
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def label_cost_rows(name, means_a, covs_a, means_b, covs_b, rows, cols, batched_block=None):
+    """Batched (full, or a block extrapolated) vs loop (a block, extrapolated); returns table rows."""
+    n_a, n_b = len(means_a), len(means_b)
+    if batched_block is None:
+        batched, t_batched = timed(lambda: label_cost_gaussian(means_a, covs_a, means_b, covs_b))
+        batched_note = "measured"
+    else:
+        k = batched_block
+        batched, t_block = timed(lambda: label_cost_gaussian(means_a[:k], covs_a[:k], means_b[:k], covs_b[:k]))
+        t_batched = t_block * (n_a * n_b) / (k * k)
+        batched_note = f"extrapolated from {k}x{k} classes"
+    # loop: S_a^1/2 once per row class plus one sqrtm per pair; extrapolate both parts to the full matrix
+    with threadpool_limits(1):
+        loop_rows = [timed(lambda r=r: label_cost_gaussian_loop(means_a[r:r + 1], covs_a[r:r + 1], means_b[:cols],
+                                                                 covs_b[:cols])) for r in range(rows)]
+        _, t_root = timed(lambda: label_cost_gaussian_loop(means_a[:1], covs_a[:1], means_b[:0], covs_b[:0]))
+    loop = np.vstack([v for v, _ in loop_rows])
+    t_pair = (sum(t for _, t in loop_rows) - rows * t_root) / (rows * cols)
+    t_loop = n_a * t_root + n_a * n_b * t_pair
+    diff = float(np.abs(batched[:rows, :cols] - loop).max())
+    assert diff <= 1e-6, f"batched and loop label costs differ by {diff:.2e}"
+    return [
+        [f"{name}: batched label_cost_gaussian", f"{t_batched:.2f}", batched_note, ""],
+        [f"{name}: per-pair sqrtm loop", f"{t_loop:.1f}",
+         f"extrapolated from {rows}x{cols} pairs ({t_pair * 1e3:.0f} ms/pair)", f"max |diff| {diff:.1e}"],
+        [f"{name}: speed-up", f"{t_loop / t_batched:.0f}x", "", ""],
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--loop-rows", type=int, default=2)
+    ap.add_argument("--loop-cols", type=int, default=10)
+    args = ap.parse_args()
+    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "
+          f"n={args.n}, dim={args.dim}, classes={args.classes}")
+    ref, ft, y = features(args.n, args.dim, args.classes)
+
+    res, t_otdd = timed(lambda: otdd(ref, y, ft, y, label_cost="gaussian"))
+    p = res.params
+    table = [[f"OTDD gaussian, {args.n} vs {args.n}, outer {p['outer']}", f"{t_otdd:.2f}",
+              f"OTDD={res.distance:.6f}, Sinkhorn iterations {p['sinkhorn_iters']}",
+              f"marginal err {p['sinkhorn_marginal_err']:.1e}"]]
+    selfcheck, t_self = timed(lambda: otdd(ref, y, ref, y, label_cost="gaussian").distance)
+    table.append(["OTDD(ref, ref), same settings", f"{t_self:.2f}", f"OTDD={selfcheck:.2e}", ""])
+
+    stats = [class_stats(x, y) for x in (ref, ft)]
+    table += label_cost_rows(f"{args.n // args.classes}/class (rank-deficient)", *stats[0], *stats[1],
+                             args.loop_rows, args.loop_cols)
+    rng = np.random.default_rng(1)
+    full = [rng.standard_normal((args.classes, args.dim, args.dim)) for _ in range(2)]
+    covs = [a @ a.transpose(0, 2, 1) / args.dim + 1e-6 * np.eye(args.dim) for a in full]
+    table += label_cost_rows("full-rank covariances", stats[0][0], covs[0], stats[1][0], covs[1],
+                             args.loop_rows, args.loop_cols, batched_block=10)
+    print(tabulate(table, headers=["what", "seconds", "how", "check"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Does forgetting follow feature drift? Correlation of each drift metric with the held-out transfer gap.
+
+Proxy-FDA reports that forgetting correlates strongly with OTDD between pre-trained and fine-tuned features and
+much less with point-wise L2, without saying what a point is. Here it is explicit: one point per (run, held-out
+dataset) -- optionally also per training checkpoint -- and every table row carries a ``unit`` string saying so.
+Coefficients are Pearson r and Spearman rho with percentile-bootstrap 95% CIs over points. Points of one run (or of
+one dataset) are not independent, so the CIs are optimistic; the unit string makes the pooling visible.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+from tabulate import tabulate
+
+from ..errors import SpecError
+
+DRIFTS = ("l2", "otdd", "kernel")
+COLUMNS = ["task", "method", "params", "seed", "run_id", "dataset", "step", "final",
+           "delta_lp", "delta_zs", *DRIFTS, "weight_drift"]
+_SORT = ["task", "method", "params", "seed", "run_id", "step", "dataset"]
+_BOOT_CHUNK = 256  # resamples per vectorised block: bounds memory at 256 x n points
+
+
+# ------------------------------------------------------------------------------------------------------ points
+
+def _params_str(params: Mapping[str, Any]) -> str:
+    """Compact ``k=v, k=v`` with sorted keys; non-string values as compact JSON."""
+    def val(v: Any) -> str:
+        return v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+    return ", ".join(f"{k}={val(params[k])}" for k in sorted(params))
+
+
+def _num(value: Any, where: str) -> float:
+    """A metric value as float; None/absent becomes NaN, anything non-numeric is an error."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{where} must be a number, got {value!r}")
+    return float(value)
+
+
+def _field(obj: Any, path: str, where: str) -> Any:
+    """``obj[a][b]...`` for ``path`` "a.b...", with a SpecError naming the missing or mistyped field."""
+    cur, keys = obj, path.split(".")
+    for i, key in enumerate(keys):
+        if not isinstance(cur, Mapping):
+            raise SpecError(f"{where}: {'.'.join(keys[:i])} must be an object, got {type(cur).__name__}")
+        if key not in cur:
+            raise SpecError(f"{where}: {'.'.join(keys[:i + 1])} is missing; expected a forgetbench.result/1 "
+                            f"record (see forgetbench.results.validate_record)")
+        cur = cur[key]
+    return cur
+
+
+def _rows_for(heldout: Any, base: dict, step: Any, final: bool, weight_drift: float, where: str) -> list[dict]:
+    if not isinstance(heldout, Mapping):
+        raise SpecError(f"{where} must be an object of held-out datasets, got {type(heldout).__name__}")
+    rows = []
+    for dataset, m in heldout.items():
+        w = f"{where}.{dataset}"
+        if not isinstance(m, Mapping):
+            raise SpecError(f"{w} must be an object, got {type(m).__name__}")
+        drift = m.get("drift") or {}
+        if not isinstance(drift, Mapping):
+            raise SpecError(f"{w}.drift must be an object of drift metrics, got {type(drift).__name__}")
+        row = {**base, "dataset": dataset, "step": step, "final": final,
+               "delta_lp": _num(m.get("delta_lp"), f"{w}.delta_lp"),
+               "delta_zs": _num(m.get("delta_zs"), f"{w}.delta_zs"),
+               "weight_drift": weight_drift}
+        for d in DRIFTS:
+            row[d] = _num(drift.get(d), f"{w}.drift.{d}")
+        rows.append(row)
+    return rows
+
+
+def points(records: Iterable[Mapping[str, Any]], per_checkpoint: bool = False) -> pd.DataFrame:
+    """One row per (run, held-out dataset): transfer gaps and drifts, NaN where a metric is absent.
+
+    ``step`` is the run's final training step (``record["training"]["steps"]``, <NA> if unknown) and ``final`` is
+    True on these rows. With ``per_checkpoint=True`` each trajectory checkpoint adds one row per held-out dataset
+    (``final`` False, ``step`` the checkpoint step). Two checkpoints are skipped: step 0 (the pre-trained model:
+    gap and drift are zero by construction, and such points would inflate every correlation) and the final step
+    (the final evaluation already stands for that model). ``weight_drift`` is run-level (repeated over datasets).
+    Rows are sorted by task, method, params, seed, run_id, step, dataset, so the frame (and any bootstrap over
+    it) does not depend on the order of ``records``.
+    """
+    rows: list[dict] = []
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            raise SpecError(f"record {i} must be a result record (JSON object), got {type(rec).__name__}")
+        rid = _field(rec, "run_id", f"record {i}")
+        if not isinstance(rid, str):
+            raise SpecError(f"record {i}: run_id must be a string, got {rid!r}")
+        where = f"record {i} (run_id {rid})"
+        if rid in seen:
+            raise SpecError(f"{where}: the same run_id is also record {seen[rid]}; pass each run once "
+                            f"(a duplicated run would count twice in the correlation)")
+        seen[rid] = i
+        heldout = _field(rec, "metrics.heldout", where)
+        params = _field(rec, "method.params", where)
+        base = {"task": _field(rec, "task.name", where), "method": _field(rec, "method.name", where),
+                "params": _params_str(params) if isinstance(params, Mapping) else str(params),
+                "seed": _field(rec, "seed", where), "run_id": rid}
+        summary = rec["metrics"].get("summary") or {}
+        final_step = (rec.get("training") or {}).get("steps")
+        rows += _rows_for(heldout, base, final_step, True,
+                          _num(summary.get("weight_drift"), f"{where}: metrics.summary.weight_drift"),
+                          f"{where}: metrics.heldout")
+        if not per_checkpoint:
+            continue
+        trajectory = rec.get("trajectory") or []
+        if not isinstance(trajectory, list):
+            raise SpecError(f"{where}: trajectory must be a list of checkpoints, got {type(trajectory).__name__}")
+        for j, cp in enumerate(trajectory):
+            w = f"{where}: trajectory[{j}]"
+            step = _field(cp, "step", w)
+            if isinstance(step, bool) or not isinstance(step, int):
+                raise SpecError(f"{w}.step must be an integer, got {step!r}")
+            if step == 0 or step == final_step:
+                continue
+            cp_summary = cp.get("summary") or {}
+            rows += _rows_for(cp.get("heldout") or {}, base, step, False,
+                              _num(cp_summary.get("weight_drift"), f"{w}.summary.weight_drift"), f"{w}.heldout")
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["step"] = df["step"].astype("Int64")
+    df["final"] = df["final"].astype(bool)
+    for c in ["delta_lp", "delta_zs", *DRIFTS, "weight_drift"]:
+        df[c] = df[c].astype(float)
+    return df.sort_values(_SORT, kind="mergesort", na_position="last").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------ coefficients
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of ``x``, ``y`` (shape (k, n)); NaN where either row is constant."""
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    den = np.sqrt((xc * xc).sum(axis=1) * (yc * yc).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xc * yc).sum(axis=1) / den
+    # Exactly constant rows have den 0; tiny float noise in the mean must not leak through as +-1.
+    constant = (np.ptp(x, axis=1) == 0) | (np.ptp(y, axis=1) == 0)
+    r[constant] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman rho = Pearson r of average ranks (ties, e.g. bootstrap duplicates, share their rank)."""
+    return _pearson_rows(rankdata(x, axis=1), rankdata(y, axis=1))
+
+
+def _ci(samples: np.ndarray) -> tuple[float, float]:
+    """Percentile 95% interval over the finite bootstrap values (degenerate resamples give NaN and are dropped)."""
+    ok = samples[np.isfinite(samples)]
+    if ok.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(ok, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # A fresh generator per metric: each drift's CI depends only on its own points and the seed, not on which
+    # other drifts were asked for or in what order.
+    rng = np.random.default_rng(seed)
+    n = x.size
+    pear, spear = [], []
+    for start in range(0, n_boot, _BOOT_CHUNK):
+        idx = rng.integers(0, n, size=(min(_BOOT_CHUNK, n_boot - start), n))
+        pear.append(_pearson_rows(x[idx], y[idx]))
+        spear.append(_spearman_rows(x[idx], y[idx]))
+    return np.concatenate(pear), np.concatenate(spear)
+
+
+def _unit(sub: pd.DataFrame) -> str:
+    """Plain-words description of what one point is, with the counts behind it."""
+    n = len(sub)
+    runs = sub["run_id"].nunique()
+    datasets = sub["dataset"].nunique()
+    has_cp = bool((~sub["final"]).any()) if "final" in sub else False
+    if has_cp:
+        states = len(sub[["run_id", "step"]].drop_duplicates())
+        text = (f"one point per (run, checkpoint, held-out dataset): {n} points from {runs} runs "
+                f"({states} run states incl. final) × {datasets} datasets")
+    else:
+        text = f"one point per (run, held-out dataset): {n} points"
+        text += (f" = {runs} runs × {datasets} datasets" if n == runs * datasets
+                 else f" from {runs} runs and {datasets} datasets (not every pair present)")
+    tasks = sub["task"].nunique() if "task" in sub else 1
+    if tasks > 1:
+        text += f"; pooled over {tasks} tasks"
+    return text
+
+
+def correlations(df: pd.DataFrame, drifts: Sequence[str] = ("otdd", "l2", "kernel"), target: str = "delta_lp",
+                 n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per drift metric: n, Pearson r, Spearman rho and their percentile-bootstrap 95% CIs against ``target``.
+
+    Rows with NaN in the drift or the target are skipped (per metric). Fewer than 3 points or a constant column
+    gives NaN coefficients, never an exception. Bootstrap resamples points with replacement from
+    ``numpy.random.default_rng(seed)``: the same frame and seed give the same CIs. ``n_boot=0`` skips the CIs.
+    Columns: drift, target, n, pearson_r, pearson_lo, pearson_hi, spearman_rho, spearman_lo, spearman_hi,
+    n_boot, unit.
+    """
+    if isinstance(drifts, str):
+        drifts = (drifts,)
+    missing = [c for c in (target, *drifts) if c not in df.columns]
+    if missing:
+        raise SpecError(f"correlations: column(s) {missing} not in the points frame; available: {list(df.columns)}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise SpecError(f"correlations: n_boot must be an integer >= 0, got {n_boot!r}")
+    out = []
+    for d in drifts:
+        sub = df[df[d].notna() & df[target].notna()]
+        x = sub[d].to_numpy(dtype=float)
+        y = sub[target].to_numpy(dtype=float)
+        row = {"drift": d, "target": target, "n": int(x.size), "pearson_r": math.nan, "pearson_lo": math.nan,
+               "pearson_hi": math.nan, "spearman_rho": math.nan, "spearman_lo": math.nan, "spearman_hi": math.nan,
+               "n_boot": int(n_boot), "unit": _unit(sub) if len(sub) else "no points (metric absent)"}
+        if x.size >= 3:
+            row["pearson_r"] = float(_pearson_rows(x[None], y[None])[0])
+            row["spearman_rho"] = float(_spearman_rows(x[None], y[None])[0])
+            if n_boot and math.isfinite(row["pearson_r"]):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    pb, sb = _bootstrap(x, y, int(n_boot), seed)
+                row["pearson_lo"], row["pearson_hi"] = _ci(pb)
+                row["spearman_lo"], row["spearman_hi"] = _ci(sb)
+        out.append(row)
+    return pd.DataFrame(out, columns=["drift", "target", "n", "pearson_r", "pearson_lo", "pearson_hi",
+                                      "spearman_rho", "spearman_lo", "spearman_hi", "n_boot", "unit"])
+
+
+# ------------------------------------------------------------------------------------------------------- render
+
+def _f(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{round(x, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
+
+
+def _ci_str(lo: float, hi: float) -> str:
+    return "n/a" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{_f(lo)}, {_f(hi)}]"
+
+
+def correlation_markdown(table: pd.DataFrame) -> str:
+    """The ``correlations`` table as a GitHub Markdown table (coefficients to 3 decimals, n/a for NaN)."""
+    rows = [[r.drift, r.target, r.n, _f(r.pearson_r), _ci_str(r.pearson_lo, r.pearson_hi), _f(r.spearman_rho),
+             _ci_str(r.spearman_lo, r.spearman_hi), str(r.unit).replace("|", "\\|")]
+            for r in table.itertuples(index=False)]
+    headers = ["drift", "vs", "n", "Pearson r", "95% CI", "Spearman ρ", "95% CI", "unit of correlation"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
