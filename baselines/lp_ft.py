@@ -1,0 +1,10 @@
+"""LP-FT: fit a linear probe on frozen features first, then fine-tune everything from that head."""
+from forgetbench.methods import Method, register
+
+
+@register
+class LinearProbeThenFineTune(Method):
+    name = "lp-ft"
+    description = "linear-probe head initialisation, then end-to-end fine-tuning"
+    reference = "Kumar et al., Fine-Tuning can Distort Pretrained Features..., ICLR 2022"
+    head_init = "linear-probe"

@@ -1,0 +1,56 @@
+"""Zero-shot and linear-probe accuracy of the shipped mini CLIP on every mini dataset (the README's table).
+
+    python bench/mini_world_table.py              # print the table
+    python bench/mini_world_table.py --readme     # also rewrite the table between the README's markers
+"""
+import argparse
+import re
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+from forgetbench.data import get_dataset
+from forgetbench.evaluate.probe import linear_probe, zeroshot_accuracy, zeroshot_weights
+from forgetbench.features import cached_extract
+from forgetbench.models import get_model, state_dict_hash
+
+MINI = ["mini/shapes", "mini/colours", "mini/textures", "mini/positions", "mini/counts", "mini/digits"]
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN, END = "<!-- mini-world-table:begin -->", "<!-- mini-world-table:end -->"
+
+
+def table() -> str:
+    model = get_model("mini-clip")
+    h = state_dict_hash(model.visual)
+    rows = []
+    for name in MINI:
+        ds = get_dataset(name)
+        f = {s: cached_extract(model.visual, model, ds, s, weights_hash=h) for s in ("train", "val", "test")}
+        zs = zeroshot_accuracy(*f["test"], zeroshot_weights(model, ds))
+        lp = linear_probe(f["train"], f["val"], f["test"])
+        rows.append([name, len(ds.classnames), " / ".join(str(len(ds.split(s))) for s in ("train", "val", "test")),
+                     f"{zs:.1f}", f"{lp.acc:.1f}", f"{100 / len(ds.classnames):.1f}"])
+    return tabulate(rows, headers=["dataset", "classes", "train / val / test", "zero-shot %", "linear probe %",
+                                   "chance %"], tablefmt="github")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    args = ap.parse_args()
+    t = time.time()
+    text = table()
+    print(text)
+    print(f"({time.time() - t:.0f}s)")
+    if args.readme:
+        readme = README.read_text()
+        block = f"{BEGIN}\n{text}\n{END}"
+        new, n = re.subn(re.escape(BEGIN) + ".*?" + re.escape(END), lambda m: block, readme, flags=re.S)
+        if n != 1:
+            raise SystemExit(f"README.md needs exactly one {BEGIN} ... {END} block")
+        README.write_text(new)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Feature extraction, with an on-disk cache for weights that never change (the frozen reference model).
+
+The cache key is (weights hash, dataset fingerprint, split, preprocessing): a key without the model identity is a known
+bug of wise-ft / ZSCL feature caches, and would silently reuse one model's features for another.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
+
+from .cache import cache_dir
+from .data.base import ImageDataset
+from .models.base import Model, state_dict_hash
+
+#: Extraction batch size. Fixed, so that features never depend on it (CPU matmuls are deterministic per shape).
+EXTRACT_BATCH = 256
+
+
+class _Preprocessed(torch.utils.data.Dataset):
+    def __init__(self, split, preprocess):
+        self.split, self.preprocess = split, preprocess
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        image, label = self.split[i]
+        return self.preprocess(image), label
+
+
+def loader(split, preprocess, batch_size: int, shuffle: bool = False, seed: int = 0, workers: int = 0,
+           drop_last: bool = False, batch_sampler=None) -> torch.utils.data.DataLoader:
+    """A DataLoader over a split with the model's preprocessing; shuffling is seeded; a batch sampler overrides it."""
+    if batch_sampler is not None:
+        return torch.utils.data.DataLoader(_Preprocessed(split, preprocess), batch_sampler=batch_sampler,
+                                           num_workers=workers, pin_memory=torch.cuda.is_available())
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return torch.utils.data.DataLoader(
+        _Preprocessed(split, preprocess), batch_size=batch_size, shuffle=shuffle, generator=gen,
+        num_workers=workers, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
+    )
+
+
+@torch.inference_mode()
+def extract(visual: torch.nn.Module, model: Model, dataset: ImageDataset, split: str, device: str = "cpu",
+            desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features [N, D] (float32, unnormalised) and labels [N] of a split, in dataset order."""
+    was_training = visual.training
+    visual.eval()
+    feats, labels = [], []
+    dl = loader(dataset.split(split), model.preprocess, EXTRACT_BATCH)
+    for x, y in tqdm(dl, desc=desc or f"features {dataset.name}:{split}", unit="batch", leave=False):
+        feats.append(visual(x.to(device)).float().cpu())
+        labels.append(y)
+    visual.train(was_training)
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64)
+
+
+def cache_key(weights_hash: str, dataset: ImageDataset, split: str, preprocess_id: str) -> str:
+    raw = json.dumps([weights_hash, dataset.name, dataset.fingerprint, split, preprocess_id])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def cached_extract(visual: torch.nn.Module, model: Model, dataset: ImageDataset, split: str, device: str = "cpu",
+                   weights_hash: str | None = None, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Like ``extract`` but stored under the cache key; a second call with the same weights reads the file."""
+    weights_hash = weights_hash or state_dict_hash(visual)
+    path = (root or cache_dir("features")) / f"{cache_key(weights_hash, dataset, split, model.preprocess_id)}.safetensors"
+    if path.exists():
+        try:
+            z = load_file(str(path))
+            return z["features"], z["labels"]
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    feats, labels = extract(visual, model, dataset, split, device)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    save_file({"features": feats, "labels": labels}, tmp)
+    os.replace(tmp, path)
+    return feats, labels

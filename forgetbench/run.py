@@ -1,0 +1,244 @@
+"""One run, end to end: task spec -> reference and student -> fine-tune with a method -> evaluate -> one result record."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import provenance
+from .cache import cache_dir
+from .data import get_dataset
+from .data.base import ImageDataset
+from .errors import DataError
+from .evaluate.drift import l2_drift, kernel_drift, weight_drift
+from .evaluate.probe import linear_probe, zeroshot_accuracy, zeroshot_weights
+from .features import cached_extract, extract
+from .methods import FinetuneContext, Method, get_method
+from .models import Model, get_model, state_dict_hash
+from .results import ResultStore, run_id, summarize_heldout
+from .train import Head, finetune, total_steps
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Reference:
+    """The frozen starting model of a run and its (cached) evaluation."""
+
+    model: Model
+    weights_hash: str
+    device: str
+
+    def features(self, dataset: ImageDataset, split: str):
+        return cached_extract(self.model.visual, self.model, dataset, split, self.device, self.weights_hash)
+
+
+def build_reference(task, device: str) -> Reference:
+    model = get_model(task.model)
+    model.visual.to(device).eval()
+    for p in model.visual.parameters():
+        p.requires_grad_(False)
+    return Reference(model, state_dict_hash(model.visual), device)
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+def probe_splits(task) -> tuple[str, str, str]:
+    return task.finetune.train_split, task.finetune.val_split, task.finetune.test_split
+
+
+def dataset_accuracies(features_of, dataset: ImageDataset, task, text_weights) -> dict:
+    """Linear-probe (and zero-shot) accuracy of one encoder on one dataset; ``features_of(split)`` gives features."""
+    tr, va, te = probe_splits(task)
+    lp = task.evaluate.linear_probe
+    test = features_of(te)
+    out = {"lp": linear_probe(features_of(tr), features_of(va), test, lp.C_grid, lp.max_iter).acc}
+    if text_weights is not None:
+        out["zs"] = zeroshot_accuracy(test[0], test[1], text_weights)
+    return out, test
+
+
+def reference_accuracies(ref: Reference, dataset: ImageDataset, task, text_weights) -> dict:
+    """The reference model's accuracies, cached on disk: they are the same for every method and seed."""
+    lp = task.evaluate.linear_probe
+    key = json.dumps([ref.weights_hash, dataset.name, dataset.fingerprint, probe_splits(task), ref.model.preprocess_id,
+                      list(lp.C_grid), lp.max_iter, text_weights is not None])
+    import hashlib
+
+    path = cache_dir("reference-metrics") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+    if path.exists():
+        return json.loads(path.read_text())
+    accs, _ = dataset_accuracies(lambda s: ref.features(dataset, s), dataset, task, text_weights)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(accs))
+    tmp.replace(path)
+    return accs
+
+
+def drift_metrics(kinds, f_ref: np.ndarray, f_ft: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    out = {}
+    if "l2" in kinds:
+        out["l2"] = l2_drift(f_ref, f_ft)
+    if "kernel" in kinds:
+        out["kernel"] = kernel_drift(f_ref, f_ft, max_samples=1000, seed=seed)
+    if "otdd" in kinds:
+        from .evaluate.otdd import otdd
+        from .evaluate.probe import normalize
+
+        out["otdd"] = otdd(normalize(f_ref), labels, normalize(f_ft), labels, label_cost="gaussian", seed=seed).distance
+    return out
+
+
+def evaluate_heldout(student, ref: Reference, task, seed: int, datasets: dict, text_weights: dict) -> dict:
+    """Per held-out dataset: accuracies of ``student`` and the reference, their differences, and feature drift."""
+    _, _, te = probe_splits(task)
+    heldout = {}
+    for name in task.evaluate.datasets:
+        ds = datasets[name]
+        ref_acc = reference_accuracies(ref, ds, task, text_weights.get(name))
+        cache = {}
+
+        def features_of(split, ds=ds, cache=cache):
+            if split not in cache:
+                cache[split] = extract(student, ref.model, ds, split, ref.device, desc=f"features {ds.name}:{split} (tuned)")
+            return cache[split]
+
+        acc, (f_test, y_test) = dataset_accuracies(features_of, ds, task, text_weights.get(name))
+        m = {"lp": acc["lp"], "lp_reference": ref_acc["lp"], "delta_lp": acc["lp"] - ref_acc["lp"]}
+        if "zs" in acc:
+            m.update(zs=acc["zs"], zs_reference=ref_acc["zs"], delta_zs=acc["zs"] - ref_acc["zs"])
+        if task.evaluate.drift:
+            f_ref, _ = ref.features(ds, te)
+            m["drift"] = drift_metrics(task.evaluate.drift, f_ref, f_test, y_test, seed)
+        heldout[name] = m
+    return heldout
+
+
+def evaluate_student(ctx: FinetuneContext, ref: Reference, task, seed: int, datasets: dict, text_weights: dict) -> dict:
+    """Target accuracy, and per held-out dataset the transfer gap and drift of the fine-tuned encoder."""
+    target = datasets[task.finetune.dataset]
+    _, _, te = probe_splits(task)
+    feats, labels = extract(ctx.student, ref.model, target, te, ref.device, desc=f"features {target.name}:{te} (tuned)")
+    with torch.no_grad():
+        pred = ctx.head(torch.from_numpy(feats).to(ref.device)).argmax(1).cpu().numpy()
+    target_acc = 100.0 * float((pred == labels).mean())
+    ref_target = reference_accuracies(ref, target, task, text_weights.get(target.name))
+    target_ref_acc = ref_target.get("zs", ref_target["lp"])
+    heldout = evaluate_heldout(ctx.student, ref, task, seed, datasets, text_weights)
+    wd = weight_drift(ref.model.visual.state_dict(), ctx.student.state_dict())
+    return {
+        "target": {"dataset": target.name, "acc": target_acc, "acc_reference": target_ref_acc,
+                   "gain": target_acc - target_ref_acc},
+        "heldout": heldout,
+        "summary": summarize_heldout(heldout, weight_drift=wd),
+    }
+
+
+def checkpoint_steps(n_steps: int, k: int) -> list[int]:
+    """k evenly spaced steps in (0, n_steps) at which to evaluate along training (the final model comes anyway)."""
+    return sorted({round(n_steps * i / (k + 1)) for i in range(1, k + 1)} - {0, n_steps}) if k and n_steps else []
+
+
+# --------------------------------------------------------------------------------------------------- head init
+def initial_head(kind: str, ref: Reference, target: ImageDataset, task, text_weights) -> Head:
+    """A zero-shot head (class text embeddings x logit scale) or the reference's linear probe on the target."""
+    n_classes = len(target.classnames)
+    head = Head(ref.model.feature_dim, n_classes)
+    with torch.no_grad():
+        if kind == "zeroshot" and text_weights is not None:
+            head.weight.copy_(torch.from_numpy(text_weights).float() * ref.model.logit_scale)
+            head.bias.zero_()
+        else:  # linear-probe (also the fallback for models without a text tower)
+            from sklearn.linear_model import LogisticRegression  # noqa: F401  (the probe protocol's model)
+
+            from .evaluate.probe import _fit, normalize
+
+            tr, va, _ = probe_splits(task)
+            lp = task.evaluate.linear_probe
+            (xtr, ytr), (xva, yva) = ref.features(target, tr), ref.features(target, va)
+            C = linear_probe((xtr, ytr), (xva, yva), (xva, yva), lp.C_grid, lp.max_iter).C
+            clf = _fit(np.concatenate([normalize(xtr), normalize(xva)]), np.concatenate([ytr, yva]), C, lp.max_iter)
+            head.weight.copy_(torch.from_numpy(clf.coef_).float())
+            head.bias.copy_(torch.from_numpy(clf.intercept_).float())
+    return head.to(ref.device)
+
+
+# --------------------------------------------------------------------------------------------------- a run
+def run_one(task, method_name: str, seed: int, store: ResultStore | None = None, params: dict | None = None,
+            device: str | None = None, force: bool = False, progress: bool = True) -> dict | None:
+    """Run (task, method, seed); append its record to ``store``. Returns the record, or None if it already exists."""
+    method_cls = get_method(method_name)
+    method: Method = method_cls(**{**task.params_for(method_cls.name), **(params or {})})
+    rid = run_id(task.name, task.version, method.name, method.params, seed)
+    if store is not None and not force and store.has(rid, task.name):
+        return None
+    device = device or default_device()
+    t0 = time.time()
+    names = [task.finetune.dataset, *task.evaluate.datasets]
+    datasets = {n: get_dataset(n) for n in names}
+    for ds in datasets.values():  # fail before any work, not after the first fine-tune
+        for split in probe_splits(task):
+            if split not in ds.split_names:
+                raise DataError(f"dataset {ds.name!r} has no split {split!r} (it has: {', '.join(ds.split_names)}); "
+                                f"set finetune.train_split / val_split / test_split in the task")
+    ref = build_reference(task, device)
+    use_text = ref.model.has_text and task.evaluate.zero_shot
+    text_weights = {n: zeroshot_weights(ref.model, d) for n, d in datasets.items()} if use_text else {}
+    target = datasets[task.finetune.dataset]
+
+    student = copy.deepcopy(ref.model.visual)
+    for p in student.parameters():
+        p.requires_grad_(method.trains_encoder)
+    head_kind = method.head_init or task.train.head_init
+    text_target = zeroshot_weights(ref.model, target) if ref.model.has_text else None
+    head = initial_head(head_kind, ref, target, task, text_target)
+    ctx = FinetuneContext(student=student, head=head, reference=ref.model.visual, model=ref.model, task=task,
+                          device=device, head_initial=copy.deepcopy(head.state_dict()), train_dataset=target)
+    t1 = time.time()
+    split = target.split(task.finetune.train_split)
+    trajectory, eval_s = [], 0.0
+    checkpoints = set(checkpoint_steps(total_steps(task.train, len(split)) if method.trains_encoder else 0,
+                                       task.evaluate.checkpoints))
+
+    def on_step(step):  # forgetting along training: evaluate the held-out sets at a few checkpoints
+        nonlocal eval_s
+        if step in checkpoints:
+            t = time.time()
+            heldout = evaluate_heldout(ctx.student, ref, task, seed, datasets, text_weights)
+            trajectory.append({"step": step, "heldout": heldout, "summary": summarize_heldout(heldout)})
+            eval_s += time.time() - t
+
+    if checkpoints:
+        checkpoints.add(0)
+        on_step(0)  # the starting point of the trajectory, measured like every other checkpoint
+    log = finetune(ctx, method, task.train, split, seed, progress=progress, on_step=on_step)
+    t2 = time.time()
+    metrics = evaluate_student(ctx, ref, task, seed, datasets, text_weights)
+    t3 = time.time()
+    if trajectory:
+        trajectory.append({"step": log.steps, "heldout": metrics["heldout"], "summary": metrics["summary"]})
+    record = {
+        "schema": "forgetbench.result/1",
+        "run_id": rid,
+        "status": "complete",
+        "task": {"name": task.name, "version": task.version, "spec": task.to_dict()},
+        "method": {"name": method.name, "params": method.params, "reference": method.reference},
+        "seed": seed,
+        "model": {"name": task.model, "weights_sha256": ref.weights_hash},
+        "metrics": metrics,
+        "training": {"steps": log.steps, "final_loss": log.final_loss, "head_init": head_kind},
+        **({"trajectory": trajectory} if trajectory else {}),
+        "timings": {"setup_s": round(t1 - t0, 2), "finetune_s": round(t2 - t1 - eval_s, 2),
+                    "evaluate_s": round(t3 - t2 + eval_s, 2),
+                    "total_s": round(t3 - t0, 2)},
+        "provenance": {**provenance.collect(seed), "device": device},
+    }
+    if store is not None:
+        store.append(record, replace=force)
+    return record

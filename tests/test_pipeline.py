@@ -1,0 +1,85 @@
+"""Known answers of the whole pipeline: task -> fine-tune -> evaluate -> record."""
+import numpy as np
+import pytest
+import torch
+
+from forgetbench.errors import DivergenceError
+from forgetbench.results import ResultStore
+from forgetbench.run import run_one
+
+from pipeline_helpers import tiny_task
+
+
+def _no_change(record):
+    held = record["metrics"]["heldout"]["test/colours"]
+    assert held["delta_lp"] == 0.0 and held["delta_zs"] == 0.0
+    assert held["lp"] == held["lp_reference"] and held["zs"] == held["zs_reference"]
+    assert held["drift"]["l2"] == 0.0 and held["drift"]["kernel"] == 0.0
+    assert abs(held["drift"]["otdd"]) < 1e-6
+    assert record["metrics"]["summary"]["weight_drift"] == 0.0
+
+
+def test_zero_steps_give_zero_forgetting_and_zero_drift():
+    record = run_one(tiny_task(steps=0), "ft", 0, progress=False)
+    _no_change(record)
+    target = record["metrics"]["target"]
+    assert target["acc"] == target["acc_reference"] and target["gain"] == 0.0  # the zero-shot head, unchanged
+
+
+def test_wise_ft_at_alpha_zero_is_the_reference_model():
+    record = run_one(tiny_task(steps=4), "wise-ft", 0, params={"alpha": 0.0}, progress=False)
+    _no_change(record)
+    assert record["metrics"]["target"]["acc"] == record["metrics"]["target"]["acc_reference"]
+
+
+def test_linear_probe_leaves_held_out_accuracy_unchanged():
+    _no_change(run_one(tiny_task(steps=4), "lp", 0, progress=False))
+
+
+def test_fine_tuning_changes_the_encoder():
+    record = run_one(tiny_task(steps=4), "ft", 0, progress=False)
+    assert record["metrics"]["summary"]["weight_drift"] > 0
+    assert record["metrics"]["heldout"]["test/colours"]["drift"]["l2"] > 0
+
+
+def _strip(record):
+    record = dict(record)
+    record.pop("timings")
+    record["provenance"] = {k: v for k, v in record["provenance"].items() if k != "timestamp_utc"}
+    return record
+
+
+@pytest.mark.parametrize("method", ["ft", "ldifs"])
+def test_same_seed_gives_identical_records(method):
+    a = run_one(tiny_task(steps=3), method, 0, progress=False)
+    b = run_one(tiny_task(steps=3), method, 0, progress=False)
+    assert _strip(a) == _strip(b)
+
+
+def test_records_are_stored_once_and_skipped_after(tmp_path):
+    store = ResultStore(tmp_path)
+    task = tiny_task(steps=0)
+    assert run_one(task, "ft", 0, store, progress=False) is not None
+    assert run_one(task, "ft", 0, store, progress=False) is None  # already recorded
+    assert len(store.load("tiny")) == 1
+
+
+NAN_METHOD = """
+import torch
+from forgetbench.methods import Method, register
+
+@register
+class Exploding(Method):
+    name = "test-exploding"
+    def loss(self, ctx, batch):
+        return torch.tensor(float("nan")) if ctx.state.setdefault("calls", 0) else ctx.state.update(calls=1)
+"""
+
+
+def test_nan_loss_stops_the_run_and_records_nothing(tmp_path):
+    method_file = tmp_path / "exploding.py"
+    method_file.write_text(NAN_METHOD)
+    store = ResultStore(tmp_path / "results")
+    with pytest.raises(DivergenceError, match="step 2 of 3"):
+        run_one(tiny_task(steps=3), str(method_file), 0, store, progress=False)
+    assert store.load() == [] and not (tmp_path / "results" / "tiny.jsonl").exists()
