@@ -235,6 +235,8 @@ def test_accepts_torch_tensors_like_numpy():
     ({"entropic_reg": 0}, SpecError, "entropic_reg"),
     ({"lambda_x": -1}, SpecError, "lambda_x"),
     ({"exact_max_n": 1.5}, SpecError, "exact_max_n"),
+    ({"max_samples": 1}, SpecError, "max_samples"),
+    ({"seed": -1}, SpecError, "seed"),
 ])
 def test_bad_parameters_are_spec_errors(kwargs, error, match):
     x, y = blobs(20, (5, 5), d=2)

@@ -43,16 +43,28 @@ def _paired(f_ref: Any, f_ft: Any, same_dim: bool) -> tuple[torch.Tensor, torch.
     return a, b
 
 
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+
+
+def check_subsample_args(max_samples: int | None, seed: int) -> None:
+    """SpecError unless ``max_samples`` is None or an integer >= 2 and ``seed`` an integer >= 0."""
+    if max_samples is not None and not _is_int(max_samples, 2):
+        raise SpecError(f"max_samples must be an integer >= 2 or None, got {max_samples!r}")
+    if not _is_int(seed, 0):
+        raise SpecError(f"seed must be an integer >= 0, got {seed!r}")
+
+
 def paired_subsample(n: int, max_samples: int | None, seed: int) -> torch.Tensor | None:
-    """Sorted row indices of a seeded subsample of size ``max_samples`` (None when no subsampling is needed).
+    """Sorted row indices of a seeded subsample of size ``max_samples`` (None when no subsampling is needed):
+    ``np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))``.
 
     Both sides of a paired comparison must be indexed with the SAME indices: independent subsamples of identical
     data give a nonzero distance (the microsoft/otdd issue #32 bug).
     """
+    check_subsample_args(max_samples, seed)
     if max_samples is None or max_samples >= n:
         return None
-    if isinstance(max_samples, bool) or not isinstance(max_samples, (int, np.integer)) or max_samples < 2:
-        raise SpecError(f"max_samples must be an integer >= 2 or None, got {max_samples!r}")
     idx = np.sort(np.random.default_rng(seed).choice(n, size=int(max_samples), replace=False))
     return torch.from_numpy(idx)
 
@@ -85,6 +97,8 @@ def kernel_drift(f_ref: Any, f_ft: Any, *, max_samples: int | None = None, seed:
     ``max_samples`` evaluates on a seeded subsample (the same rows on both sides); the kernels are built in row
     blocks of ``chunk`` so memory stays O(chunk * n).
     """
+    if not _is_int(chunk, 1):
+        raise SpecError(f"chunk must be an integer >= 1, got {chunk!r}")
     a, b = _paired(f_ref, f_ft, same_dim=False)
     idx = paired_subsample(a.shape[0], max_samples, seed)
     if idx is not None:
@@ -120,7 +134,7 @@ def weight_drift(state_ref: Mapping[str, Any], state_ft: Mapping[str, Any],
             raise DataError("weight_drift: the two state dicts share no floating-point tensor under the same key "
                             f"(reference has {len(state_ref)} keys, fine-tuned has {len(state_ft)})")
     else:
-        names = list(keys)
+        names = [keys] if isinstance(keys, str) else list(keys)
         missing = [k for k in names if k not in state_ref or k not in state_ft]
         if missing:
             raise DataError(f"weight_drift: keys missing from a state dict: {missing[:5]}"
