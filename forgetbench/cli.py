@@ -95,7 +95,10 @@ def cmd_ls(args) -> int:
     if args.markdown:
         from tabulate import tabulate
 
-        rows = [[f"`{n}`", METHODS.get(n).description, METHODS.get(n).reference,
+        def cell(text: str) -> str:  # a bare "|" would end the Markdown cell
+            return text.replace("|", "\\|")
+
+        rows = [[f"`{n}`", cell(METHODS.get(n).description), cell(METHODS.get(n).reference),
                  ", ".join(f"{k}={v}" for k, v in METHODS.get(n).defaults.items()) or "–"] for n in METHODS.names()]
         print(tabulate(rows, headers=["method", "what it does", "reference", "defaults"], tablefmt="github"))
         return 0
@@ -175,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pm = sub.add_parser("pretrain-mini", help="pre-train the mini CLIP (regenerates the shipped weights)")
     pm.add_argument("--samples", type=int, default=24000)
-    pm.add_argument("--epochs", type=int, default=6)
+    pm.add_argument("--epochs", type=int, default=10)
     pm.add_argument("--seed", type=int, default=0)
     pm.add_argument("--out", type=Path, default=None, help="output folder (default: the package's weights folder)")
     pm.set_defaults(func=cmd_pretrain_mini)

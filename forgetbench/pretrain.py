@@ -24,9 +24,9 @@ from .models.weights_io import save_atomic
 @dataclass(frozen=True)
 class PretrainConfig:
     samples: int = 24000  # captioned scenes per epoch
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 256
-    lr: float = 1.5e-3
+    lr: float = 2e-3
     weight_decay: float = 0.1
     warmup_steps: int = 50
     seed: int = 0
