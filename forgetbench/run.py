@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +229,9 @@ def run_one(task, method_name: str, seed: int, store: ResultStore | None = None,
         "run_id": rid,
         "status": "complete",
         "task": {"name": task.name, "version": task.version, "spec": task.to_dict()},
-        "method": {"name": method.name, "params": method.params, "reference": method.reference},
+        "method": {"name": method.name, "params": method.params, "reference": method.reference,
+                   "state": {k: v for k, v in ctx.state.items()  # scalars a method reports, e.g. calibrate's gamma
+                             if isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v))}},
         "seed": seed,
         "model": {"name": task.model, "weights_sha256": ref.weights_hash},
         "metrics": metrics,
