@@ -1,0 +1,66 @@
+"""FLYP: fine-tune like you pre-train — CLIP's contrastive loss between images and their class prompts."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from forgetbench.errors import SpecError
+from forgetbench.methods import Batch, FinetuneContext, Method, register
+
+
+def require_text_tower(ctx: FinetuneContext, method: str) -> None:
+    """One-line SpecError when the model has no text tower (DINOv2, timm models)."""
+    if not getattr(ctx.model, "has_text", False):
+        name = getattr(ctx.model, "name", "?")
+        raise SpecError(f"method {method!r} needs a model with a text tower, and model {name!r} has none; "
+                        f"use a CLIP-like model (e.g. mini-clip) or another method")
+
+
+@torch.no_grad()
+def prompt_embeddings(ctx: FinetuneContext) -> torch.Tensor:
+    """[C, T, D] normalised text embeddings of every (class, template) prompt of the fine-tune dataset."""
+    ds = ctx.train_dataset
+    prompts = [t.format(c) for c in ds.classnames for t in ds.templates]
+    emb = F.normalize(ctx.model.encode_text(prompts).float(), dim=-1)
+    return emb.reshape(len(ds.classnames), len(ds.templates), -1).to(ctx.device)
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch: image i's positive is text i, every other text is a negative."""
+    logits = scale * F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+@register
+class FLYP(Method):
+    """weight * CLIP loss between the images and a prompt of their label (a random template per image and step).
+
+    Deviations from FLYP, forced by the protocol: the text tower stays frozen (FLYP trains both towers), so the class
+    prompts' embeddings are fixed; and the loop always adds the head's cross-entropy, so this is CE + CLIP loss, not
+    the CLIP loss alone. As in FLYP, images of the same class in a batch count as negatives of each other's prompt.
+    The logit scale is learned (init: the model's, no weight decay, capped at 100 like CLIP).
+    """
+
+    name = "flyp"
+    description = "contrastive image / class-prompt loss with a learned logit scale (frozen text tower)"
+    reference = "Goyal et al., Finetune like you pretrain, CVPR 2023 (locuslab/FLYP)"
+    defaults = {"weight": 1.0}
+
+    def setup(self, ctx: FinetuneContext) -> Optional[list[dict]]:
+        require_text_tower(ctx, self.name)
+        self.text = prompt_embeddings(ctx)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(ctx.model.logit_scale), device=ctx.device))
+        self._gen = torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63)  # the run's seed
+        return [{"params": [self.log_scale], "weight_decay": 0.0}]
+
+    def loss(self, ctx: FinetuneContext, batch: Batch) -> torch.Tensor:
+        labels = batch.labels.long()
+        template = torch.randint(self.text.shape[1], (len(labels),), generator=self._gen).to(labels.device)
+        with torch.autocast(batch.features.device.type, enabled=False):
+            scale = self.log_scale.exp().clamp(max=100.0)
+            return self.params["weight"] * clip_loss(batch.features, self.text[labels, template], scale)

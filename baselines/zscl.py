@@ -1,0 +1,124 @@
+"""ZSCL: distil the zero-shot model's image-to-caption predictions on reference images, and average weights."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from baselines.flyp import require_text_tower
+from baselines.lwf import distillation_kl
+from forgetbench.errors import SpecError
+from forgetbench.methods import Batch, FinetuneContext, Method, register
+
+REFERENCE_DATA = ("mini-world",)
+
+
+def reference_pairs(source: str, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """(uint8 images [n, H, W, 3], captions) standing in for ZSCL's ImageNet images and Conceptual Captions."""
+    if source == "mini-world":  # held-out scenes of the mini CLIP's pre-training distribution
+        from forgetbench.pretrain import pretraining_pairs
+
+        return pretraining_pairs(n, seed)
+    raise SpecError(f"method 'zscl': unknown ref_data {source!r} (accepted: {', '.join(REFERENCE_DATA)})")
+
+
+@register
+class ZSCL(Method):
+    """Image-side distillation + weight ensemble (ZSCL's MTIL recipe, without its text-side loss or L2 term).
+
+    - Teacher: the reference encoder's logits exp(s) cos(f_0(x_ref), g(t_ref)) over the reference captions; the
+      student's are the same with f_theta. Loss lam * T^2 * KL(softmax(t/T) || softmax(s/T)) (KL instead of ZSCL's
+      cross-entropy: same gradient), T = 2, one ``ref_batch`` of reference images per step, cycling through ``n_ref``
+      images in a seeded order. The teacher logits are computed once in setup (the reference never changes).
+    - Reference data (``ref_data``): "mini-world" = ``n_ref`` scenes and captions from the mini world's pre-training
+      generator, drawn with ``ref_seed`` 1 (the weights were pre-trained on seed 0's scenes). They are preprocessed by
+      the model's own preprocessing, so any CLIP-like model can use them.
+    - Weight ensemble: a running average of the encoder and head weights that starts from the initial weights (count 1,
+      as ZSCL's ``we_model`` does) and takes in the current weights after step 1 and every ``avg_freq`` steps after
+      (ZSCL's iterations 0, avg_freq, ...), and after the final step; ``finalize`` loads the average.
+      avg_freq = 100 as in MTIL (the CIL configs use 10).
+    - ZSCL's label smoothing 0.2 belongs to the task (``train.label_smoothing``), not to this method.
+    """
+
+    name = "zscl"
+    description = "distillation on reference image-caption logits + running weight average"
+    reference = "Zheng et al., Preventing Zero-Shot Transfer Degradation in Continual Learning, ICCV 2023"
+    defaults = {"lam": 1.0, "T": 2.0, "n_ref": 512, "ref_batch": 32, "avg_freq": 100, "ref_data": "mini-world",
+                "ref_seed": 1}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        for key in ("n_ref", "ref_batch", "avg_freq"):
+            if self.params[key] < 1:
+                raise SpecError(f"method 'zscl': {key} must be >= 1, got {self.params[key]}")
+        if self.params["ref_data"] not in REFERENCE_DATA:
+            raise SpecError(f"method 'zscl': unknown ref_data {self.params['ref_data']!r} "
+                            f"(accepted: {', '.join(REFERENCE_DATA)})")
+
+    @torch.no_grad()
+    def setup(self, ctx: FinetuneContext) -> Optional[list[dict]]:
+        require_text_tower(ctx, self.name)
+        p = self.params
+        images, captions = reference_pairs(p["ref_data"], p["n_ref"], p["ref_seed"])
+        self.ref_images = torch.stack([ctx.model.preprocess(Image.fromarray(im)) for im in images])
+        text = torch.cat([ctx.model.encode_text(captions[i: i + 256]).float() for i in range(0, len(captions), 256)])
+        self.text = F.normalize(text, dim=-1).to(ctx.device)
+        self.scale = float(ctx.model.logit_scale)
+        teacher = [self.logits(ctx.reference(self.ref_images[i: i + 256].to(ctx.device)))
+                   for i in range(0, len(self.ref_images), 256)]
+        self.teacher = torch.cat(teacher)
+        self._order = torch.randperm(len(self.ref_images)).tolist()  # seeded by the run
+        self._cursor = 0
+        # weight ensemble: start from the initial weights, counted once
+        self._modules = {"student": ctx.student, "head": ctx.head}
+        self._avg = {"student": {n: q.detach().clone() for n, q in ctx.student.named_parameters()},
+                     "head": {n: ctx.head_initial.get(n, q).detach().clone().to(q)
+                              for n, q in ctx.head.named_parameters()}}
+        self._count, self._last_step, self._merged_at = 1, 0, 0
+        return None
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(features.float(), dim=-1) @ self.text.T
+
+    def next_indices(self) -> list[int]:
+        out = []
+        while len(out) < self.params["ref_batch"]:
+            if self._cursor == len(self._order):
+                self._cursor = 0
+            take = self._order[self._cursor: self._cursor + self.params["ref_batch"] - len(out)]
+            out += take
+            self._cursor += len(take)
+        return out
+
+    def loss(self, ctx: FinetuneContext, batch: Batch) -> torch.Tensor:
+        idx = self.next_indices()
+        student = ctx.student(self.ref_images[idx].to(ctx.device))
+        with torch.autocast(batch.features.device.type, enabled=False):
+            return self.params["lam"] * distillation_kl(self.teacher[idx], self.logits(student), self.params["T"])
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """avg <- (count * avg + current) / (count + 1)."""
+        for key, module in self._modules.items():
+            for n, q in module.named_parameters():
+                self._avg[key][n].mul_(self._count).add_(q.detach()).div_(self._count + 1)
+        self._count += 1
+
+    def after_step(self, ctx: FinetuneContext, step: int) -> None:
+        self._last_step = step
+        if (step - 1) % self.params["avg_freq"] == 0:
+            self.merge()
+            self._merged_at = step
+
+    @torch.no_grad()
+    def finalize(self, ctx: FinetuneContext) -> None:
+        if self._last_step == 0:
+            return  # no training step: the weights are the initial ones
+        if self._merged_at != self._last_step:
+            self.merge()
+        for key, module in self._modules.items():
+            for n, q in module.named_parameters():
+                q.copy_(self._avg[key][n])
