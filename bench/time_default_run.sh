@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Time the README's main command from a clean clone, with an empty cache (nothing precomputed):
-#   bash bench/time_default_run.sh [PYTHON]
-# PYTHON defaults to the active interpreter; it must have forgetbench's dependencies installed.
+#   bash bench/time_default_run.sh [PYTHON [EXTRA forgetbench run ARGS...]]
+# PYTHON defaults to the active interpreter; it must have forgetbench's dependencies installed. Extra arguments go
+# to `forgetbench run` (e.g. --results "$PWD/results" to keep the records).
 set -euo pipefail
 PY="${1:-python}"
+shift || true
 src="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -11,5 +13,5 @@ git clone -q "$src" "$work/forgetbench"
 cd "$work/forgetbench"
 export FORGETBENCH_CACHE="$work/cache"
 start=$(date +%s)
-PYTHONPATH="$work/forgetbench" "$PY" -m forgetbench.cli run mini-shapes --seeds 0 --quiet
+PYTHONPATH="$work/forgetbench" "$PY" -m forgetbench.cli run mini-shapes --seeds 0 --quiet "$@"
 echo "main command: $(( $(date +%s) - start ))s wall on $(nproc) cores"
