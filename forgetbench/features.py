@@ -57,7 +57,8 @@ def extract(visual: torch.nn.Module, model: Model, dataset: ImageDataset, split:
     visual.eval()
     feats, labels = [], []
     dl = loader(dataset.split(split), model.preprocess, EXTRACT_BATCH)
-    for x, y in tqdm(dl, desc=desc or f"features {dataset.name}:{split}", unit="batch", leave=False):
+    # disable=None: progress bars on a terminal, none in logs and CI
+    for x, y in tqdm(dl, desc=desc or f"features {dataset.name}:{split}", unit="batch", leave=False, disable=None):
         feats.append(visual(x.to(device)).float().cpu())
         labels.append(y)
     visual.train(was_training)

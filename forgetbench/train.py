@@ -84,7 +84,8 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.startswith("cuda") else nullcontext()
     step, log, loss = 0, [], None
-    bar = tqdm(total=n_steps, desc=f"fine-tuning ({method.name})", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=n_steps, desc=f"fine-tuning ({method.name})", unit="step", leave=False,
+               disable=None if progress else True)  # None: bars on a terminal only, never in logs
     epoch = 0
     while step < n_steps:
         sampler = method.batch_sampler(ctx, _labels(split), train_spec.batch_size, seed + epoch)
