@@ -1,5 +1,4 @@
 """L2-SP: penalise the squared distance of the encoder weights to the starting point."""
-import torch
 
 from forgetbench.methods import Method, register
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,8 +16,9 @@ from .cache import cache_dir
 from .data import get_dataset
 from .data.base import ImageDataset
 from .errors import DataError
-from .evaluate.drift import l2_drift, kernel_drift, weight_drift
-from .evaluate.probe import linear_probe, zeroshot_accuracy, zeroshot_weights
+from .evaluate.drift import kernel_drift, l2_drift, weight_drift
+from .evaluate.otdd import otdd
+from .evaluate.probe import fit_linear_probe, linear_probe, normalize, zeroshot_accuracy, zeroshot_weights
 from .features import cached_extract, extract
 from .methods import FinetuneContext, Method, get_method
 from .models import Model, get_model, state_dict_hash
@@ -70,8 +71,6 @@ def reference_accuracies(ref: Reference, dataset: ImageDataset, task, text_weigh
     lp = task.evaluate.linear_probe
     key = json.dumps([ref.weights_hash, dataset.name, dataset.fingerprint, probe_splits(task), ref.model.preprocess_id,
                       list(lp.C_grid), lp.max_iter, text_weights is not None])
-    import hashlib
-
     path = cache_dir("reference-metrics") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
     if path.exists():
         return json.loads(path.read_text())
@@ -89,9 +88,6 @@ def drift_metrics(kinds, f_ref: np.ndarray, f_ft: np.ndarray, labels: np.ndarray
     if "kernel" in kinds:
         out["kernel"] = kernel_drift(f_ref, f_ft, max_samples=1000, seed=seed)
     if "otdd" in kinds:
-        from .evaluate.otdd import otdd
-        from .evaluate.probe import normalize
-
         out["otdd"] = otdd(normalize(f_ref), labels, normalize(f_ft), labels, label_cost="gaussian", seed=seed).distance
     return out
 
@@ -156,15 +152,9 @@ def initial_head(kind: str, ref: Reference, target: ImageDataset, task, text_wei
             head.weight.copy_(torch.from_numpy(text_weights).float() * ref.model.logit_scale)
             head.bias.zero_()
         else:  # linear-probe (also the fallback for models without a text tower)
-            from sklearn.linear_model import LogisticRegression  # noqa: F401  (the probe protocol's model)
-
-            from .evaluate.probe import _fit, normalize
-
             tr, va, _ = probe_splits(task)
             lp = task.evaluate.linear_probe
-            (xtr, ytr), (xva, yva) = ref.features(target, tr), ref.features(target, va)
-            C = linear_probe((xtr, ytr), (xva, yva), (xva, yva), lp.C_grid, lp.max_iter).C
-            clf = _fit(np.concatenate([normalize(xtr), normalize(xva)]), np.concatenate([ytr, yva]), C, lp.max_iter)
+            clf, _, _ = fit_linear_probe(ref.features(target, tr), ref.features(target, va), lp.C_grid, lp.max_iter)
             head.weight.copy_(torch.from_numpy(clf.coef_).float())
             head.bias.copy_(torch.from_numpy(clf.intercept_).float())
     return head.to(ref.device)

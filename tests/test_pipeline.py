@@ -1,7 +1,5 @@
 """Known answers of the whole pipeline: task -> fine-tune -> evaluate -> record."""
-import numpy as np
 import pytest
-import torch
 
 from forgetbench.errors import DivergenceError
 from forgetbench.results import ResultStore
@@ -83,3 +81,14 @@ def test_nan_loss_stops_the_run_and_records_nothing(tmp_path):
     with pytest.raises(DivergenceError, match="step 2 of 3"):
         run_one(tiny_task(steps=3), str(method_file), 0, store, progress=False)
     assert store.load() == [] and not (tmp_path / "results" / "tiny.jsonl").exists()
+
+
+def test_checkpoints_give_a_trajectory_that_starts_at_zero():
+    task = tiny_task(steps=6)
+    task = type(task).from_dict({**task.to_dict(), "evaluate": {**task.to_dict()["evaluate"], "checkpoints": 2}})
+    record = run_one(task, "ft", 0, progress=False)
+    steps = [p["step"] for p in record["trajectory"]]
+    assert steps == [0, 2, 4, 6]
+    start = record["trajectory"][0]["heldout"]["test/colours"]
+    assert start["delta_lp"] == 0.0 and start["drift"]["l2"] == 0.0  # measured, and the student is the reference
+    assert record["trajectory"][-1]["heldout"] == record["metrics"]["heldout"]

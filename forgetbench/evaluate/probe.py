@@ -35,18 +35,24 @@ def _fit(x, y, C, max_iter):
         return clf.fit(x, y)
 
 
-def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                 test: tuple[np.ndarray, np.ndarray], C_grid=DEFAULT_C_GRID, max_iter: int = 1000) -> ProbeResult:
-    """The protocol: L2-normalised features; multinomial logistic regression (lbfgs); C chosen by validation
-    accuracy from a fixed grid (ties -> the smaller C); refit on train + val with that C; accuracy on test.
-    Deterministic: no randomness anywhere."""
+def fit_linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                     C_grid=DEFAULT_C_GRID, max_iter: int = 1000):
+    """The protocol's classifier: L2-normalised features; multinomial logistic regression (lbfgs); C chosen by
+    validation accuracy from a fixed grid (ties -> the smaller C); refit on train + val with that C.
+    Deterministic: no randomness anywhere. Returns (classifier, C, validation accuracy per C)."""
     xtr, ytr = normalize(train[0]), train[1]
     xva, yva = normalize(val[0]), val[1]
     val_accs = {float(C): 100.0 * float((_fit(xtr, ytr, C, max_iter).predict(xva) == yva).mean()) for C in C_grid}
     best = max(val_accs, key=lambda C: (val_accs[C], -C))
-    clf = _fit(np.concatenate([xtr, xva]), np.concatenate([ytr, yva]), best, max_iter)
+    return _fit(np.concatenate([xtr, xva]), np.concatenate([ytr, yva]), best, max_iter), best, val_accs
+
+
+def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                 test: tuple[np.ndarray, np.ndarray], C_grid=DEFAULT_C_GRID, max_iter: int = 1000) -> ProbeResult:
+    """Linear-probe accuracy on test under the fixed protocol (``fit_linear_probe``)."""
+    clf, C, val_accs = fit_linear_probe(train, val, C_grid, max_iter)
     acc = 100.0 * float((clf.predict(normalize(test[0])) == test[1]).mean())
-    return ProbeResult(acc=acc, C=best, val_accs=val_accs)
+    return ProbeResult(acc=acc, C=C, val_accs=val_accs)
 
 
 @torch.no_grad()
