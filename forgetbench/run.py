@@ -5,6 +5,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -70,12 +71,13 @@ def reference_accuracies(ref: Reference, dataset: ImageDataset, task, text_weigh
     """The reference model's accuracies, cached on disk: they are the same for every method and seed."""
     lp = task.evaluate.linear_probe
     key = json.dumps([ref.weights_hash, dataset.name, dataset.fingerprint, probe_splits(task), ref.model.preprocess_id,
-                      list(lp.C_grid), lp.max_iter, text_weights is not None])
+                      list(lp.C_grid), lp.max_iter,  # the text tower and prompts enter through their embeddings
+                      hashlib.sha256(text_weights.tobytes()).hexdigest() if text_weights is not None else None])
     path = cache_dir("reference-metrics") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
     if path.exists():
         return json.loads(path.read_text())
     accs, _ = dataset_accuracies(lambda s: ref.features(dataset, s), dataset, task, text_weights)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one temporary file per writer, then an atomic rename
     tmp.write_text(json.dumps(accs))
     tmp.replace(path)
     return accs
