@@ -149,9 +149,14 @@ def _import_file(path: Path) -> list[str]:
 
 def _load_baselines() -> None:
     """Import every file in ``baselines/``, then installed plug-ins (entry point group ``forgetbench.methods``)."""
+    as_package = _baselines_is_package()
     for path in sorted(BASELINES_DIR.glob("*.py")):
-        if not path.name.startswith("_"):
-            importlib.import_module(f"baselines.{path.stem}") if _baselines_is_package() else _import_file(path)
+        if path.name.startswith("_"):
+            continue
+        if as_package:
+            importlib.import_module(f"baselines.{path.stem}")
+        else:
+            _import_file(path)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="forgetbench.methods"):

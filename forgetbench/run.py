@@ -189,7 +189,8 @@ def run_one(task, method_name: str, seed: int, store: ResultStore | None = None,
     for p in student.parameters():
         p.requires_grad_(method.trains_encoder)
     head_kind = method.head_init or task.train.head_init
-    text_target = zeroshot_weights(ref.model, target) if ref.model.has_text else None
+    text_target = text_weights.get(target.name) if use_text else (
+        zeroshot_weights(ref.model, target) if ref.model.has_text else None)  # a zero-shot head even without ZS metrics
     head = initial_head(head_kind, ref, target, task, text_target)
     ctx = FinetuneContext(student=student, head=head, reference=ref.model.visual, model=ref.model, task=task,
                           device=device, head_initial=copy.deepcopy(head.state_dict()), train_dataset=target)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .data.base import split_labels
 from .errors import DivergenceError
 from .features import loader
 from .methods import Batch, FinetuneContext, Method
@@ -47,13 +48,6 @@ class TrainLog:
     losses: list  # (step, task loss, method loss) every 10 steps
 
 
-def _labels(split) -> np.ndarray:
-    for attr in ("labels", "targets"):
-        if hasattr(split, attr):
-            return np.asarray(getattr(split, attr), dtype=np.int64)
-    return np.asarray([split[i][1] for i in range(len(split))], dtype=np.int64)
-
-
 def total_steps(train_spec, n_train: int) -> int:
     if train_spec.steps is not None:
         return train_spec.steps
@@ -86,9 +80,9 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
     step, log, loss = 0, [], None
     bar = tqdm(total=n_steps, desc=f"fine-tuning ({method.name})", unit="step", leave=False,
                disable=None if progress else True)  # None: bars on a terminal only, never in logs
-    epoch = 0
+    epoch, labels = 0, split_labels(split)
     while step < n_steps:
-        sampler = method.batch_sampler(ctx, _labels(split), train_spec.batch_size, seed + epoch)
+        sampler = method.batch_sampler(ctx, labels, train_spec.batch_size, seed + epoch)
         for x, y in loader(split, ctx.model.preprocess, train_spec.batch_size, shuffle=True, seed=seed + epoch,
                            batch_sampler=sampler):
             x, y = x.to(ctx.device), y.to(ctx.device)

@@ -31,6 +31,14 @@ class ArraySplit(torch.utils.data.Dataset):
         return Image.fromarray(self.images[i]), int(self.labels[i])
 
 
+def split_labels(split: torch.utils.data.Dataset) -> np.ndarray:
+    """A split's labels without decoding its images when it keeps them (``labels``, or torchvision's ``targets``)."""
+    for attr in ("labels", "targets"):
+        if hasattr(split, attr):
+            return np.asarray(getattr(split, attr), dtype=np.int64)
+    return np.asarray([split[i][1] for i in range(len(split))], dtype=np.int64)
+
+
 @dataclass
 class ImageDataset:
     """A classification dataset: lazily built splits, class names and zero-shot prompt templates.
@@ -61,12 +69,7 @@ class ImageDataset:
         return self._built[name]
 
     def labels(self, split: str) -> np.ndarray:
-        ds = self.split(split)
-        if hasattr(ds, "labels"):
-            return np.asarray(ds.labels, dtype=np.int64)
-        if hasattr(ds, "targets"):
-            return np.asarray(ds.targets, dtype=np.int64)
-        return np.asarray([ds[i][1] for i in range(len(ds))], dtype=np.int64)
+        return split_labels(self.split(split))
 
     def prompts(self, classname: str) -> list[str]:
         return [t.format(classname) for t in self.templates]
