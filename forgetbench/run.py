@@ -19,7 +19,7 @@ from .data.base import ImageDataset
 from .errors import DataError
 from .evaluate.drift import kernel_drift, l2_drift, weight_drift
 from .evaluate.otdd import otdd
-from .evaluate.probe import fit_linear_probe, linear_probe, normalize, zeroshot_accuracy, zeroshot_weights
+from .evaluate.probe import PROBE_VERSION, fit_linear_probe, linear_probe, normalize, zeroshot_accuracy, zeroshot_weights
 from .features import cached_extract, extract
 from .methods import FinetuneContext, Method, get_method
 from .models import Model, get_model, state_dict_hash
@@ -71,7 +71,7 @@ def reference_accuracies(ref: Reference, dataset: ImageDataset, task, text_weigh
     """The reference model's accuracies, cached on disk: they are the same for every method and seed."""
     lp = task.evaluate.linear_probe
     key = json.dumps([ref.weights_hash, dataset.name, dataset.fingerprint, probe_splits(task), ref.model.preprocess_id,
-                      list(lp.C_grid), lp.max_iter,  # the text tower and prompts enter through their embeddings
+                      list(lp.C_grid), lp.max_iter, PROBE_VERSION,  # the text tower and prompts enter through their embeddings
                       hashlib.sha256(text_weights.tobytes()).hexdigest() if text_weights is not None else None])
     path = cache_dir("reference-metrics") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
     if path.exists():
