@@ -5,30 +5,8 @@ import numpy as np
 import torch
 
 from forgetbench.errors import SpecError
+from forgetbench.evaluate.absent import average_logit_gap
 from forgetbench.methods import FinetuneContext, Method, register
-
-
-def average_logit_gap(logits, labels, seen_mask) -> float:
-    """ALG: mean_i mean_{c in S, c != y_i} z_c(x_i)  -  mean_i mean_{c in U} z_c(x_i).
-
-    ``logits`` [N, C], ``labels`` [N] (all in S), ``seen_mask`` [C] bool (S = seen, U = the rest). The gap that added
-    to the absent classes' logits puts them on the seen classes' scale. 0.0 when no class is absent.
-    """
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    seen = np.asarray(seen_mask, dtype=bool)
-    if z.ndim != 2 or y.shape != (len(z),) or seen.shape != (z.shape[1],):
-        raise ValueError(f"average_logit_gap: logits [N, C], labels [N], seen_mask [C]; got {z.shape}, {y.shape}, "
-                         f"{seen.shape}")
-    if seen.all():
-        return 0.0
-    if not seen[y].all():
-        raise ValueError("average_logit_gap: every label must be a seen class")
-    n_other_seen = seen.sum() - 1
-    if n_other_seen < 1:
-        raise ValueError("average_logit_gap needs at least two seen classes (a non-ground-truth seen logit)")
-    seen_sum = (z * seen).sum(1) - z[np.arange(len(z)), y]
-    return float((seen_sum / n_other_seen).mean() - z[:, ~seen].mean(1).mean())
 
 
 @register

@@ -28,3 +28,7 @@ class DataError(ForgetbenchError):
 
 class DivergenceError(ForgetbenchError):
     """Training produced a NaN or infinite loss."""
+
+
+class ResourceError(ForgetbenchError):
+    """The machine ran out of something a run needs: GPU memory (even at a micro-batch of 1), or disk space."""

@@ -28,7 +28,7 @@ _DISTRIBUTIONS = {
 }
 
 # Generated outputs that a run itself writes; they must not make the checkout count as dirty.
-_IGNORED_FOR_DIRTY = (":(top,exclude)results", ":(top,exclude)leaderboard.md")
+_IGNORED_FOR_DIRTY = (":(top,exclude)results", ":(top,exclude)leaderboard.md", ":(top,exclude)leaderboard.html")
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 

@@ -23,6 +23,7 @@ from .errors import SpecError
 
 RESULT_SCHEMA = "forgetbench.result/1"
 FAILURE_SCHEMA = "forgetbench.failure/1"
+SEQUENCE_SCHEMA = "forgetbench.sequence/1"  # a continual fine-tuning run: accuracy matrices (forgetbench/sequence.py)
 FAILURES_FILE = "failures.jsonl"
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -77,122 +78,400 @@ def summarize_heldout(heldout: Mapping[str, Mapping[str, Any]], weight_drift: fl
 
 # ---------------------------------------------------------------------------------------------------- validation
 
-def _fail(where: str, msg: str) -> None:
-    raise SpecError(f"result record: {where} {msg}")
+#: Top-level fields of a record; a submission with any other field is refused (data may only sit where it is read).
+RECORD_FIELDS = ("schema", "run_id", "status", "task", "method", "seed", "model", "metrics", "training",
+                 "trajectory", "timings", "provenance")
+#: Absolute tolerance of the consistency checks (a delta against its parts, a summary against the datasets).
+CONSISTENCY_TOL = 1e-6
+#: Upper bounds of the feature drifts: mean squared distance of unit vectors (<= 4), kernel distance of cosine
+#: kernels (<= 2); OTDD is unbounded. The debiased OTDD of identical features can be a rounding error below zero.
+_DRIFT_MAX = {"l2": 4.0, "kernel": 2.0, "otdd": math.inf}
+_GIT_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def _dict(rec: Mapping, key: str, where: str) -> dict:
-    if key not in rec:
-        _fail(f"{where}{key}", "is missing")
-    if not isinstance(rec[key], dict):
-        _fail(f"{where}{key}", f"must be an object, got {type(rec[key]).__name__}")
-    return rec[key]
+class _Problems:
+    """Collects ``(field, what is wrong)`` pairs; each check returns the value when it is usable, else None."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, where: str, msg: str) -> None:
+        self.items.append((where, msg))
+
+    def obj(self, rec: Mapping, key: str, where: str) -> dict | None:
+        if key not in rec:
+            return self.add(f"{where}{key}", "is missing")
+        if not isinstance(rec[key], dict):
+            return self.add(f"{where}{key}", f"must be an object, got {type(rec[key]).__name__}")
+        return rec[key]
+
+    def num(self, rec: Mapping, key: str, where: str, lo: float | None = None, hi: float | None = None,
+            unit: str = "percent") -> float | None:
+        if key not in rec:
+            return self.add(f"{where}{key}", "is missing")
+        v = rec[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return self.add(f"{where}{key}", f"must be a number, got {type(v).__name__} {v!r}")
+        if not math.isfinite(v):
+            return self.add(f"{where}{key}", f"must be finite, got {v!r}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            return self.add(f"{where}{key}", f"must be in [{lo}, {hi}] ({unit}), got {v!r}")
+        return float(v)
+
+    def text(self, rec: Mapping, key: str, where: str, optional: bool = False) -> str | None:
+        if key not in rec:
+            return None if optional else self.add(f"{where}{key}", "is missing")
+        v = rec[key]
+        if optional and v is None:
+            return None
+        if not isinstance(v, str) or not v:
+            return self.add(f"{where}{key}", f"must be a non-empty string, got {v!r}")
+        return v
+
+    def integer(self, rec: Mapping, key: str, where: str, lo: int) -> int | None:
+        if key not in rec:
+            return self.add(f"{where}{key}", "is missing")
+        v = rec[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            return self.add(f"{where}{key}", f"must be an integer >= {lo}, got {v!r}")
+        return v
+
+    def difference(self, m: Mapping, key: str, a: str, b: str, where: str) -> None:
+        """``m[key]`` must equal ``m[a] - m[b]`` (all three already checked to be numbers)."""
+        if all(isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in (key, a, b)):
+            if abs(m[key] - (m[a] - m[b])) > CONSISTENCY_TOL:
+                self.add(f"{where}{key}", f"is {m[key]!r} but {a} - {b} = {m[a] - m[b]!r} (tolerance {CONSISTENCY_TOL})")
 
 
-def _number(rec: Mapping, key: str, where: str, lo: float | None = None, hi: float | None = None) -> None:
-    if key not in rec:
-        _fail(f"{where}{key}", "is missing")
-    v = rec[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        _fail(f"{where}{key}", f"must be a number, got {type(v).__name__} {v!r}")
-    if not math.isfinite(v):
-        _fail(f"{where}{key}", f"must be finite, got {v!r}")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        _fail(f"{where}{key}", f"must be in [{lo}, {hi}] (percent), got {v!r}")
+def _check_heldout(p: _Problems, heldout: Mapping, where: str, full: bool) -> bool:
+    """Per-dataset numbers; ``full`` = accuracies must be there (the final model), else only what is present.
+
+    Returns whether every entry is well-formed (so that a summary can be recomputed from it).
+    """
+    before = len(p.items)
+    for name, m in heldout.items():
+        at = f"{where}{name}."
+        if not isinstance(m, dict):
+            p.add(at[:-1], f"must be an object, got {type(m).__name__}")
+            continue
+        for metric in ("lp", "zs"):
+            keys = (metric, f"{metric}_reference", f"delta_{metric}")
+            present = [k for k in keys if k in m]
+            if not present and (metric == "zs" or not full):
+                continue  # zero-shot needs a text tower; checkpoints may carry deltas only
+            if full or keys[0] in m or keys[1] in m:  # the keys come as a set of three; checkpoints may have deltas only
+                for k in keys[:2]:
+                    p.num(m, k, at, 0, 100)
+            p.num(m, keys[2], at, -100, 100, unit="points")
+            p.difference(m, keys[2], keys[0], keys[1], at)
+        if "drift" in m:
+            drift = p.obj(m, "drift", at)
+            for k in drift or {}:
+                p.num(drift, k, f"{at}drift.", -CONSISTENCY_TOL, _DRIFT_MAX.get(k, math.inf), unit="a distance")
+    return len(p.items) == before
 
 
-def _str(rec: Mapping, key: str, where: str, optional: bool = False) -> None:
-    if key not in rec:
-        if optional:
-            return
-        _fail(f"{where}{key}", "is missing")
-    v = rec[key]
-    if optional and v is None:
+def _check_summary(p: _Problems, summary: Mapping, heldout: Mapping, where: str) -> None:
+    """Every statistic ``summarize_heldout`` derives from the datasets must be there and equal to it."""
+    for k in summary:
+        p.num(summary, k, where)
+    wd = summary.get("weight_drift")
+    if wd is not None:
+        p.num(summary, "weight_drift", where, 0, None, unit="a relative distance")
+    expected = summarize_heldout(heldout, weight_drift=wd if isinstance(wd, (int, float)) else None)
+    for k, v in expected.items():
+        got = summary.get(k)
+        if k not in summary:
+            p.add(f"{where}{k}", f"is missing (the held-out datasets give {v!r})")
+        elif isinstance(got, (int, float)) and not isinstance(got, bool) and math.isfinite(got) \
+                and abs(got - v) > CONSISTENCY_TOL:
+            p.add(f"{where}{k}", f"is {got!r} but the held-out datasets give {v!r} (tolerance {CONSISTENCY_TOL})")
+
+
+def _check_absent(p: _Problems, metrics: Mapping) -> None:
+    """The absent-class block (``forgetbench.evaluate.absent``): accuracies in [0, 100], AUSUC in [0, 1]."""
+    absent = p.obj(metrics, "absent", "metrics.")
+    if absent is None:
         return
-    if not isinstance(v, str) or not v:
-        _fail(f"{where}{key}", f"must be a non-empty string, got {v!r}")
+    for block, at in ((absent, "metrics.absent."), (p.obj(absent, "reference", "metrics.absent.") or {},
+                                                    "metrics.absent.reference.")):
+        for section in ("acc", "calibrated", "ncm"):
+            if section in block or section == "ncm":
+                for k in p.obj(block, section, at) or {}:
+                    p.num(block[section], k, f"{at}{section}.", 0, 100)
+        if "acc" in block:
+            p.num(block, "ausuc", at, 0, 1, unit="a fraction of the unit square")
+            p.num(block, "gamma", at, unit="logits")
 
 
-def _int(rec: Mapping, key: str, where: str, lo: int) -> None:
-    if key not in rec:
-        _fail(f"{where}{key}", "is missing")
-    v = rec[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        _fail(f"{where}{key}", f"must be an integer >= {lo}, got {v!r}")
+def _check_trajectory(p: _Problems, trajectory: Any) -> None:
+    if not isinstance(trajectory, list):
+        return p.add("trajectory", f"must be a list of checkpoints, got {type(trajectory).__name__}")
+    for i, cp in enumerate(trajectory):
+        at = f"trajectory[{i}]."
+        if not isinstance(cp, dict):
+            p.add(at[:-1], f"must be an object, got {type(cp).__name__}")
+            continue
+        p.integer(cp, "step", at, 0)
+        heldout = p.obj(cp, "heldout", at)
+        summary = p.obj(cp, "summary", at)
+        if heldout is not None and _check_heldout(p, heldout, f"{at}heldout.", full=False) and summary is not None:
+            _check_summary(p, summary, heldout, f"{at}summary.")
 
 
-def validate_record(record: Any) -> None:
-    """Check the keys and types of a ``forgetbench.result/1`` record; raise SpecError naming the first bad field.
+def _check_provenance(p: _Problems, prov: Mapping, seed: Any) -> None:
+    """What a submission must say about where it came from: code commit, versions, hardware, seed."""
+    commit = prov.get("git_commit")
+    if not isinstance(commit, str) or not _GIT_COMMIT.fullmatch(commit):
+        p.add("provenance.git_commit", f"must be the 40-hex commit of the forgetbench code that made the run, got "
+                                       f"{commit!r} (run from a git checkout of forgetbench)")
+    if not isinstance(prov.get("git_dirty"), bool):
+        p.add("provenance.git_dirty", f"must be true or false, got {prov.get('git_dirty')!r}")
+    versions = p.obj(prov, "versions", "provenance.")
+    if versions is not None:
+        for k in ("python", "forgetbench", "torch"):
+            p.text(versions, k, "provenance.versions.")
+    hardware = p.obj(prov, "hardware", "provenance.")
+    if hardware is not None:
+        p.text(hardware, "platform", "provenance.hardware.")
+    if "seed" not in prov:
+        p.add("provenance.seed", "is missing")
+    elif prov["seed"] != seed:
+        p.add("provenance.seed", f"is {prov['seed']!r} but the record's seed is {seed!r}")
+    p.text(prov, "timestamp_utc", "provenance.")
 
-    Also checks that ``run_id`` matches the run's identity, so a hand-edited record cannot shadow another run.
+
+def _protocol(spec_dict: Mapping) -> dict:
+    """The parts of a resolved task that define the measurement (not its default methods and seeds)."""
+    return {k: spec_dict.get(k) for k in ("model", "finetune", "evaluate", "train", "sequence")}
+
+
+def _check_task_known(p: _Problems, task: Mapping, record: Mapping) -> None:
+    """The task is registered, the record is of its current version and was run under exactly its protocol."""
+    from .errors import ForgetbenchError
+    from .tasks import TaskSpec, load_task
+
+    name, version, spec = task.get("name"), task.get("version"), task.get("spec")
+    if not isinstance(name, str) or not isinstance(version, int) or not isinstance(spec, dict):
+        return  # already reported
+    try:
+        current = load_task(name)
+    except ForgetbenchError as e:
+        return p.add("task.name", f"is not a known task ({e})")
+    if version != current.version:
+        return p.add("task.version", f"is {version} but task {name!r} is at version {current.version} "
+                                     f"({current.source}); only results of the current protocol are accepted")
+    try:
+        resolved = TaskSpec.from_dict(spec, source="task.spec").to_dict()
+    except ForgetbenchError as e:
+        return p.add("task.spec", f"is not a valid task ({e})")
+    if (resolved["name"], resolved["version"]) != (name, version):
+        return p.add("task.spec", f"is task {resolved['name']!r} version {resolved['version']}, "
+                                  f"not {name!r} version {version}")
+    mine, theirs = _protocol(resolved), _protocol(current.to_dict())
+    for k in mine:
+        if mine[k] != theirs[k]:
+            p.add(f"task.spec.{k}", f"differs from the protocol of {name!r} v{version} ({current.source}): "
+                                    f"{_canonical(mine[k], k)} instead of {_canonical(theirs[k], k)}")
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        return
+    heldout, target = metrics.get("heldout"), metrics.get("target")
+    if isinstance(heldout, dict) and sorted(heldout) != sorted(current.evaluate.datasets):
+        p.add("metrics.heldout", f"has datasets {sorted(heldout)} but the task evaluates "
+                                 f"{sorted(current.evaluate.datasets)}")
+    if isinstance(target, dict) and target.get("dataset") != current.finetune.dataset:
+        p.add("metrics.target.dataset", f"is {target.get('dataset')!r} but the task fine-tunes on "
+                                        f"{current.finetune.dataset!r}")
+    model = record.get("model")
+    if isinstance(model, dict) and model.get("name") != current.model:
+        p.add("model.name", f"is {model.get('name')!r} but the task's model is {current.model!r}")
+
+
+SEQUENCE_FIELDS = ("schema", "run_id", "status", "task", "method", "seed", "model", "sequence", "metrics", "training",
+                   "timings", "provenance")
+
+
+def _percents(p: _Problems, v: Any, where: str, n: int) -> list | None:
+    """``v``: a list of ``n`` accuracies in [0, 100]."""
+    if not isinstance(v, list) or len(v) != n:
+        return p.add(where, f"must be a list of {n} accuracies (percent), got {v!r:.80}")
+    for j, x in enumerate(v):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not 0 <= x <= 100:
+            return p.add(f"{where}[{j}]", f"must be an accuracy in [0, 100] (percent), got {x!r}")
+    return v
+
+
+def _matrix(p: _Problems, v: Any, where: str, rows: int, cols: int) -> list | None:
+    """``v``: ``rows`` lists of ``cols`` accuracies each."""
+    if not isinstance(v, list) or len(v) != rows:
+        return p.add(where, f"must be {rows} rows of {cols} accuracies")
+    checked = [_percents(p, r, f"{where}[{i}]", cols) for i, r in enumerate(v)]
+    return v if all(r is not None for r in checked) else None
+
+
+def _identity_problems(p: "_Problems", record: dict, submission: bool, schema: str, fields) -> tuple:
+    """The checks every record kind shares: run id, status, known fields (submissions) and the task's identity.
+    Returns (run_id, task, task name, task version), each None where it is unusable."""
+    rid = p.text(record, "run_id", "")
+    if rid is not None and not _RUN_ID.fullmatch(rid):
+        p.add("run_id", f"must be 16 lowercase hex characters, got {rid!r}")
+        rid = None
+    if record.get("status") != "complete":
+        p.add("status", f"must be 'complete' (failed runs go to {FAILURES_FILE}), got {record.get('status')!r}")
+    if submission:
+        for k in sorted(set(record) - set(fields)):
+            p.add(k, f"is not a field of {schema} (known: {', '.join(fields)})")
+    task = p.obj(record, "task", "") or {}
+    name = p.text(task, "name", "task.")
+    if name is not None and not _TASK_NAME.fullmatch(name):
+        p.add("task.name", f"must match {_TASK_NAME.pattern}, got {name!r}")
+        name = None
+    version = p.integer(task, "version", "task.", 1)
+    p.obj(task, "spec", "task.")
+    return rid, task, name, version
+
+
+def _sequence_problems(record: dict, submission: bool) -> list[tuple[str, str]]:
+    """``record_problems`` of a ``forgetbench.sequence/1`` record: the run's identity as for every record, the accuracy
+    matrices (in [0, 100], shaped by the steps and held-out datasets) and summaries that equal what the matrices
+    give (``forgetbench.evaluate.sequences``)."""
+    from .evaluate.sequences import heldout_metrics, sequence_metrics
+
+    p = _Problems()
+    rid, task, name, version = _identity_problems(p, record, submission, SEQUENCE_SCHEMA, SEQUENCE_FIELDS)
+    method = p.obj(record, "method", "") or {}
+    mname = p.text(method, "name", "method.")
+    params = p.obj(method, "params", "method.")
+    seed = p.integer(record, "seed", "", 0)
+    p.text(p.obj(record, "model", "") or {}, "name", "model.")
+
+    seq = p.obj(record, "sequence", "") or {}
+    steps, heldout, kinds = seq.get("steps"), seq.get("heldout"), seq.get("accuracy")
+    if not isinstance(steps, list) or not steps or any(not isinstance(s, dict) or not isinstance(s.get("name"), str)
+                                                       for s in steps):
+        p.add("sequence.steps", "must be a non-empty list of {name, classes}")
+        steps = None
+    if not isinstance(heldout, list) or any(not isinstance(h, str) for h in heldout):
+        p.add("sequence.heldout", "must be a list of dataset names")
+        heldout = None
+    if seq.get("reference") not in ("previous", "original"):
+        p.add("sequence.reference", f"must be 'previous' or 'original', got {seq.get('reference')!r}")
+    if not isinstance(kinds, list) or not kinds or any(k not in ("zs", "lp") for k in kinds):
+        p.add("sequence.accuracy", f"must be a non-empty list of 'zs' and 'lp', got {kinds!r}")
+        kinds = None
+
+    metrics = p.obj(record, "metrics", "") or {}
+    if steps is not None and heldout is not None and kinds is not None:
+        T, K = len(steps), len(heldout)
+        _percents(p, metrics.get("target"), "metrics.target", T)  # the fine-tuned head on each step
+        for k in kinds:
+            at = f"metrics.{k}."
+            m = p.obj(metrics, k, "metrics.")
+            if m is None:
+                continue
+            R, H = _matrix(p, m.get("R"), f"{at}R", T, T), _matrix(p, m.get("heldout"), f"{at}heldout", T, K)
+            b = _percents(p, m.get("reference"), f"{at}reference", T)
+            hb = _percents(p, m.get("heldout_reference"), f"{at}heldout_reference", K)
+            summary = p.obj(m, "summary", at)
+            if summary is None or any(x is None for x in (R, H, b, hb)):
+                continue
+            expected = {**sequence_metrics(R, b), **heldout_metrics(H, hb)}
+            for key, v in expected.items():
+                got = p.num(summary, key, f"{at}summary.")
+                if got is not None and abs(got - v) > CONSISTENCY_TOL:
+                    p.add(f"{at}summary.{key}", f"is {got!r} but the matrices give {v!r} (tolerance {CONSISTENCY_TOL})")
+    timings = p.obj(record, "timings", "")
+    if timings is not None:
+        for k in ("finetune_s", "evaluate_s", "total_s"):
+            p.num(timings, k, "timings.", 0, None, unit="seconds")
+    prov = p.obj(record, "provenance", "")
+    if None not in (rid, name, version, mname, params, seed):
+        try:
+            expected_id = run_id(name, version, mname, params, seed)
+        except SpecError as e:
+            p.add("method.params", str(e))
+        else:
+            if rid != expected_id:
+                p.add("run_id", f"{rid!r} does not match task/method/params/seed (expected {expected_id!r})")
+    if submission:
+        if prov is not None:
+            _check_provenance(p, prov, record.get("seed"))
+        _check_task_known(p, task, record)
+    return p.items
+
+
+def record_problems(record: Any, *, submission: bool = False) -> list[tuple[str, str]]:
+    """Every problem of a ``forgetbench.result/1`` record, as ``(field, what is wrong)``; empty when it is valid.
+
+    Always checked: keys and types, ranges (accuracies in [0, 100], deltas in [-100, 100], drifts >= 0), internal
+    consistency (each delta equals fine-tuned minus reference, every summary equals what its datasets give, within
+    ``CONSISTENCY_TOL``) and that ``run_id`` matches the run's identity, so a hand-edited record cannot shadow
+    another run. With ``submission=True`` also: no unknown top-level field, provenance complete (commit, dirty
+    flag, versions, hardware, seed, time), and the task known, at its current version, run under its protocol.
     """
     if not isinstance(record, dict):
-        raise SpecError(f"result record must be a JSON object, got {type(record).__name__}")
+        return [("record", f"must be a JSON object, got {type(record).__name__}")]
+    if record.get("schema") == SEQUENCE_SCHEMA:
+        return _sequence_problems(record, submission)
+    p = _Problems()
     if record.get("schema") != RESULT_SCHEMA:
-        _fail("schema", f"must be {RESULT_SCHEMA!r}, got {record.get('schema')!r}")
-    _str(record, "run_id", "")
-    if not _RUN_ID.fullmatch(record["run_id"]):
-        _fail("run_id", f"must be 16 lowercase hex characters, got {record['run_id']!r}")
-    if record.get("status") != "complete":
-        _fail("status", f"must be 'complete' (failed runs go to {FAILURES_FILE}), got {record.get('status')!r}")
+        p.add("schema", f"must be {RESULT_SCHEMA!r}, got {record.get('schema')!r}")
+    rid, task, name, version = _identity_problems(p, record, submission, RESULT_SCHEMA, RECORD_FIELDS)
 
-    task = _dict(record, "task", "")
-    _str(task, "name", "task.")
-    if not _TASK_NAME.fullmatch(task["name"]):
-        _fail("task.name", f"must match {_TASK_NAME.pattern}, got {task['name']!r}")
-    _int(task, "version", "task.", 1)
-    _dict(task, "spec", "task.")
+    method = p.obj(record, "method", "") or {}
+    mname = p.text(method, "name", "method.")
+    params = p.obj(method, "params", "method.")
+    p.text(method, "reference", "method.", optional=True)
 
-    method = _dict(record, "method", "")
-    _str(method, "name", "method.")
-    _dict(method, "params", "method.")
-    _str(method, "reference", "method.", optional=True)
+    seed = p.integer(record, "seed", "", 0)
+    model = p.obj(record, "model", "") or {}
+    p.text(model, "name", "model.")
+    p.text(model, "weights_sha256", "model.", optional=True)
 
-    _int(record, "seed", "", 0)
-    model = _dict(record, "model", "")
-    _str(model, "name", "model.")
-    _str(model, "weights_sha256", "model.", optional=True)
+    metrics = p.obj(record, "metrics", "") or {}
+    target = p.obj(metrics, "target", "metrics.")
+    if target is not None:
+        p.text(target, "dataset", "metrics.target.")
+        for k in ("acc", "acc_reference"):
+            p.num(target, k, "metrics.target.", 0, 100)
+        p.num(target, "gain", "metrics.target.", -100, 100, unit="points")
+        p.difference(target, "gain", "acc", "acc_reference", "metrics.target.")
+    heldout = p.obj(metrics, "heldout", "metrics.")
+    summary = p.obj(metrics, "summary", "metrics.")
+    if heldout is not None and _check_heldout(p, heldout, "metrics.heldout.", full=True) and summary is not None:
+        _check_summary(p, summary, heldout, "metrics.summary.")
+    if "absent" in metrics:
+        _check_absent(p, metrics)
+    if "trajectory" in record:
+        _check_trajectory(p, record["trajectory"])
 
-    metrics = _dict(record, "metrics", "")
-    target = _dict(metrics, "target", "metrics.")
-    _str(target, "dataset", "metrics.target.")
-    for k in ("acc", "acc_reference"):
-        _number(target, k, "metrics.target.", 0, 100)
-    _number(target, "gain", "metrics.target.")
+    timings = p.obj(record, "timings", "")
+    if timings is not None:
+        for k in ("finetune_s", "evaluate_s", "total_s"):
+            p.num(timings, k, "timings.", 0, None, unit="seconds")
+    prov = p.obj(record, "provenance", "")
 
-    heldout = _dict(metrics, "heldout", "metrics.")
-    for name, m in heldout.items():
-        where = f"metrics.heldout.{name}."
-        if not isinstance(m, dict):
-            _fail(where[:-1], f"must be an object, got {type(m).__name__}")
-        for k in ("lp", "lp_reference"):
-            _number(m, k, where, 0, 100)
-        _number(m, "delta_lp", where)
-        zs = [k for k in ("zs", "zs_reference", "delta_zs") if k in m]
-        if zs:  # zero-shot keys come as a set of three (absent without a text tower)
-            for k in ("zs", "zs_reference"):
-                _number(m, k, where, 0, 100)
-            _number(m, "delta_zs", where)
-        if "drift" in m:
-            drift = _dict(m, "drift", where)
-            for k in drift:
-                _number(drift, k, f"{where}drift.")
+    if None not in (rid, name, version, mname, params, seed):
+        try:
+            expected = run_id(name, version, mname, params, seed)
+        except SpecError as e:
+            p.add("method.params", str(e))
+        else:
+            if rid != expected:
+                p.add("run_id", f"{rid!r} does not match task/method/params/seed (expected {expected!r})")
+    if submission:
+        if prov is not None:
+            _check_provenance(p, prov, record.get("seed"))
+        _check_task_known(p, task, record)
+    return p.items
 
-    summary = _dict(metrics, "summary", "metrics.")
-    for k in summary:
-        _number(summary, k, "metrics.summary.")
-    if heldout:
-        for k in ("delta_lp_mean", "delta_lp_worst"):
-            _number(summary, k, "metrics.summary.")
 
-    timings = _dict(record, "timings", "")
-    for k in ("finetune_s", "evaluate_s", "total_s"):
-        _number(timings, k, "timings.", 0)
-    _dict(record, "provenance", "")
-
-    expected = run_id(task["name"], task["version"], method["name"], method["params"], record["seed"])
-    if record["run_id"] != expected:
-        _fail("run_id", f"{record['run_id']!r} does not match task/method/params/seed (expected {expected!r})")
+def validate_record(record: Any, *, submission: bool = False) -> None:
+    """Raise SpecError naming every bad field of ``record`` (see ``record_problems``); return None when it is valid."""
+    problems = record_problems(record, submission=submission)
+    if problems:
+        raise SpecError("result record: " + "; ".join(f"{where} {msg}" for where, msg in problems))
 
 
 # --------------------------------------------------------------------------------------------------------- store
@@ -403,9 +682,12 @@ class ResultStore:
 
     def has(self, run_id: str, task: str | None = None) -> bool:
         """Whether a record with this run id is stored (in ``task``'s file, or in any)."""
+        return run_id in self.run_ids(task)
+
+    def run_ids(self, task: str | None = None) -> set[str]:
+        """The run ids stored (in ``task``'s file, or in any), read once: what a sweep checks its runs against."""
         paths = [self.path(task)] if task is not None else [self.root / f"{t}.jsonl" for t in self.tasks()]
-        return any(obj.get("run_id") == run_id
-                   for path in paths for _, obj in _parse_lines(self._read(path), path, warn=False))
+        return {obj.get("run_id") for path in paths for _, obj in _parse_lines(self._read(path), path, warn=False)}
 
     def failures(self) -> list[dict]:
         """The failure records, corrupt lines skipped with a warning."""

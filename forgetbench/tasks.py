@@ -28,8 +28,12 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 HEAD_INITS = ("zeroshot", "linear-probe")
 DRIFTS = ("l2", "kernel", "otdd")
+REFERENCES = ("previous", "original")  # what a sequence step's method regularises towards
+SEQUENCE_ACCURACIES = ("zs", "lp")  # what fills a sequence's accuracy matrix
 _PACKAGE_TASKS = Path(__file__).resolve().parent.parent / "tasks"
 _INTERNAL = ("source", "lines")  # TaskSpec bookkeeping, not part of the protocol
+#: Field metadata of optional sections: left out of ``to_dict`` when unset, so older records keep their exact form.
+_OMIT_IF_NONE = MappingProxyType({"omit_if_none": True})
 
 
 # ----------------------------------------------------------------------------------------------- the schema
@@ -37,12 +41,45 @@ _INTERNAL = ("source", "lines")  # TaskSpec bookkeeping, not part of the protoco
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneSpec:
-    """The dataset the model is fine-tuned on, and which of its splits play which role."""
+    """The dataset the model is fine-tuned on, and which of its splits play which role.
 
-    dataset: str
+    ``seen_classes`` (class names) selects the absent-class protocol: fine-tune on those classes only, evaluate over
+    all of them. A sequence task has no ``dataset`` here (its datasets are in ``sequence``), only the split roles.
+    """
+
+    dataset: str | None = field(default=None, metadata=_OMIT_IF_NONE)
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
+    seen_classes: tuple[str, ...] | None = field(default=None, metadata=_OMIT_IF_NONE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassSplitSpec:
+    """One dataset cut into ``tasks`` equal groups of classes (Split CIFAR-100 10x10), in a seeded class order."""
+
+    dataset: str
+    tasks: int
+    class_order_seed: int | None = 0  # null: the dataset's own class order
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequenceSpec:
+    """Continual fine-tuning: steps run in order, each starting from the previous step's encoder.
+
+    Exactly one of ``datasets`` (one step per dataset) and ``split`` (class groups of one dataset). ``reference`` is
+    the frozen model a step's method regularises towards (the original model, or the previous step's result);
+    ``accuracy`` says what fills the accuracy matrix R (zero-shot and/or the task's linear probe).
+    """
+
+    datasets: tuple[str, ...] | None = field(default=None, metadata=_OMIT_IF_NONE)
+    split: ClassSplitSpec | None = field(default=None, metadata=_OMIT_IF_NONE)
+    reference: str = "previous"
+    accuracy: tuple[str, ...] = SEQUENCE_ACCURACIES
+
+    def finetune_datasets(self) -> tuple[str, ...]:
+        """The registered datasets the steps fine-tune on."""
+        return self.datasets if self.datasets is not None else (self.split.dataset,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +119,17 @@ class TrainSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PaperTarget:
+    """A published number the task reproduces (its reproduction ledger): where it is, what it measures, its value."""
+
+    paper: str  # paper and table, e.g. "Proxy-FDA (Huang et al., ICML 2025), Table 1"
+    metric: str  # what the number is, in the result record's words where it has them (e.g. "summary.delta_lp_mean")
+    method: str | None = None  # the method the number belongs to
+    value: float | None = None  # null: no published value was found (the note says what is known)
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """One validated task. Build it with ``from_dict`` or ``load_task``; ``to_dict`` gives the resolved record form.
 
@@ -99,6 +147,8 @@ class TaskSpec:
     methods: tuple[str, ...] = ("ft",)
     method_params: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     seeds: tuple[int, ...]
+    sequence: SequenceSpec | None = field(default=None, metadata=_OMIT_IF_NONE)  # continual fine-tuning
+    targets: tuple[PaperTarget, ...] | None = field(default=None, metadata=_OMIT_IF_NONE)  # published numbers
     source: str = field(default="<dict>", compare=False, repr=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -119,7 +169,8 @@ class TaskSpec:
 def _plain(x: Any) -> Any:
     """Dataclasses, mappings and tuples -> dicts and lists (JSON types)."""
     if is_dataclass(x):
-        return {f.name: _plain(getattr(x, f.name)) for f in fields(x) if f.name not in _INTERNAL}
+        return {f.name: _plain(getattr(x, f.name)) for f in fields(x) if f.name not in _INTERNAL
+                and not (f.metadata.get("omit_if_none") and getattr(x, f.name) is None)}
     if isinstance(x, Mapping):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -318,15 +369,20 @@ def _seed(ctx: _Ctx, v: Any, p: str) -> int:
 
 
 def _build(ctx: _Ctx, d: Any) -> TaskSpec:
-    top = _section(ctx, d, "", TaskSpec, ("name", "version", "model", "finetune", "evaluate", "train", "seeds"))
+    top = _section(ctx, d, "", TaskSpec, ("name", "version", "model", "evaluate", "train", "seeds"))
+    in_sequence = top.get("sequence") is not None
+    if not in_sequence and "finetune" not in top:
+        raise ctx.err("finetune", "missing required field")
     kw = _fill(ctx, top, "", {"name": _task_name, "version": _int_at_least(1), "description": _text,
                               "model": _name("model")})
-    ft = _section(ctx, top["finetune"], "finetune", FinetuneSpec, ("dataset",))
-    kw["finetune"] = FinetuneSpec(**_fill(ctx, ft, "finetune", {"dataset": _name("dataset"),
-                                                                "train_split": _name("split"),
-                                                                "val_split": _name("split"),
-                                                                "test_split": _name("split")}))
-    kw["evaluate"] = _build_eval(ctx, top["evaluate"], kw["finetune"].dataset)
+    kw["finetune"] = _build_finetune(ctx, top.get("finetune", {}), in_sequence)
+    if in_sequence:
+        kw["sequence"] = _build_sequence(ctx, top["sequence"])
+        trained = {n: "is fine-tuned on in the sequence" for n in kw["sequence"].finetune_datasets()}
+    else:
+        trained = {kw["finetune"].dataset: "is the fine-tune dataset (finetune.dataset)"}
+    kw["evaluate"] = _build_eval(ctx, top["evaluate"], trained, in_sequence,
+                                 allow_empty=in_sequence or kw["finetune"].seen_classes is not None)
     kw["train"] = _build_train(ctx, top["train"])
     if "methods" in top:
         kw["methods"] = _list(ctx, top["methods"], "methods", lambda v, p: _str(ctx, v, p, "a method name"))
@@ -338,19 +394,74 @@ def _build(ctx: _Ctx, d: Any) -> TaskSpec:
         params[method] = MappingProxyType({k: _param_value(ctx, v, _join(path, k)) for k, v in overrides.items()})
     kw["method_params"] = MappingProxyType(params)
     kw["seeds"] = _list(ctx, top["seeds"], "seeds", lambda v, p: _seed(ctx, v, p))
+    if top.get("targets") is not None:
+        kw["targets"] = _list(ctx, top["targets"], "targets", lambda v, p: _build_target(ctx, v, p))
     return TaskSpec(**kw, source=ctx.source, lines=MappingProxyType(dict(ctx.lines)))
 
 
-def _build_eval(ctx: _Ctx, value: Any, finetune_dataset: str) -> EvalSpec:
+def _build_target(ctx: _Ctx, value: Any, path: str) -> PaperTarget:
+    t = _section(ctx, value, path, PaperTarget, ("paper", "metric"))
+    return PaperTarget(**_fill(ctx, t, path, {
+        "paper": lambda ctx, v, p: _str(ctx, v, p, "the paper and table, as text"),
+        "metric": lambda ctx, v, p: _str(ctx, v, p, "what the number measures, as text"),
+        "method": _or_null(_name("method")),
+        "value": _or_null(lambda ctx, v, p: _num(ctx, v, p, "a number or null", lambda _: True)),
+        "note": _text,
+    }))
+
+
+def _build_finetune(ctx: _Ctx, value: Any, in_sequence: bool) -> FinetuneSpec:
+    ft = _section(ctx, value, "finetune", FinetuneSpec, () if in_sequence else ("dataset",))
+
+    def seen_classes(ctx: _Ctx, v: Any, p: str) -> tuple[str, ...]:
+        names = _list(ctx, v, p, lambda x, q: _str(ctx, x, q, "a class name"))
+        if len(names) < 2:  # the average logit gap needs a non-ground-truth seen class
+            raise ctx.err(p, f"expected at least two seen classes, got {len(names)}")
+        return names
+
+    kw = _fill(ctx, ft, "finetune", {"dataset": _or_null(_name("dataset")) if in_sequence else _name("dataset"),
+                                     "train_split": _name("split"), "val_split": _name("split"),
+                                     "test_split": _name("split"), "seen_classes": _or_null(seen_classes)})
+    for key in ("dataset", "seen_classes"):
+        if in_sequence and kw.get(key) is not None:
+            raise ctx.err(f"finetune.{key}", "a sequence task names its datasets in sequence; its finetune section "
+                                             "may only set train_split, val_split and test_split")
+    return FinetuneSpec(**kw)
+
+
+def _build_sequence(ctx: _Ctx, value: Any) -> SequenceSpec:
+    sq = _section(ctx, value, "sequence", SequenceSpec, ())
+    kw = _fill(ctx, sq, "sequence", {
+        "datasets": _or_null(lambda ctx, v, p: _list(ctx, v, p, lambda x, q: _str(ctx, x, q, "a dataset name"))),
+        "reference": _one_of(REFERENCES),
+        "accuracy": lambda ctx, v, p: _list(ctx, v, p, lambda x, q: _choice(ctx, x, q, SEQUENCE_ACCURACIES)),
+    })
+    if sq.get("split") is not None:
+        sp = _section(ctx, sq["split"], "sequence.split", ClassSplitSpec, ("dataset", "tasks"))
+        kw["split"] = ClassSplitSpec(**_fill(ctx, sp, "sequence.split", {
+            "dataset": _name("dataset"), "tasks": _int_at_least(1), "class_order_seed": _or_null(_seed)}))
+    if (kw.get("datasets") is None) == (kw.get("split") is None):
+        raise ctx.err("sequence", "give exactly one of sequence.datasets (one step per dataset) and sequence.split "
+                                  "(class groups of one dataset: {dataset, tasks, class_order_seed})")
+    return SequenceSpec(**kw)
+
+
+def _build_eval(ctx: _Ctx, value: Any, trained: Mapping[str, str], in_sequence: bool, allow_empty: bool) -> EvalSpec:
     ev = _section(ctx, value, "evaluate", EvalSpec, ("datasets",))
 
     def held_out(v: Any, p: str) -> str:
         v = _str(ctx, v, p, "a dataset name")
-        if v == finetune_dataset:
-            raise ctx.err(p, f"{v!r} is the fine-tune dataset (finetune.dataset); held-out datasets must differ")
+        if v in trained:
+            raise ctx.err(p, f"{v!r} {trained[v]}; held-out datasets must differ")
         return v
 
-    kw: dict[str, Any] = {"datasets": _list(ctx, ev["datasets"], "evaluate.datasets", held_out)}
+    kw: dict[str, Any] = {"datasets": _list(ctx, ev["datasets"], "evaluate.datasets", held_out,
+                                            nonempty=not allow_empty)}
+    if in_sequence:  # per-step evaluation measures accuracy only (the cheap part); say so rather than ignore
+        for key, unset in (("drift", []), ("checkpoints", 0)):
+            if key in ev and ev[key] not in (unset, None):
+                raise ctx.err(f"evaluate.{key}", f"not supported in a sequence task (each step is evaluated by "
+                                                 f"sequence.accuracy); remove it or set it to {unset}")
     path = "evaluate.linear_probe"
     lp = _section(ctx, ev.get("linear_probe", {}), path, LinearProbeSpec, ())
     kw["linear_probe"] = LinearProbeSpec(**_fill(ctx, lp, path, {
@@ -554,8 +665,13 @@ def check_names(spec: TaskSpec, datasets: Any, models: Any, methods: Any) -> Non
     Unknown names raise ``UnknownNameError`` with the registry's suggestions, prefixed by the spec's source and the
     field; a method's ``check_params(params)`` (when it has one) raises ``SpecError``, prefixed the same way.
     """
-    checks: list[tuple[str, str, Any]] = [("model", spec.model, models),
-                                          ("finetune.dataset", spec.finetune.dataset, datasets)]
+    checks: list[tuple[str, str, Any]] = [("model", spec.model, models)]
+    if spec.sequence is None:
+        checks.append(("finetune.dataset", spec.finetune.dataset, datasets))
+    elif spec.sequence.datasets is not None:
+        checks += [(f"sequence.datasets[{i}]", d, datasets) for i, d in enumerate(spec.sequence.datasets)]
+    else:
+        checks.append(("sequence.split.dataset", spec.sequence.split.dataset, datasets))
     checks += [(f"evaluate.datasets[{i}]", d, datasets) for i, d in enumerate(spec.evaluate.datasets)]
     checks += [(f"methods[{i}]", m, methods) for i, m in enumerate(spec.methods)]
     checks += [(_join("method_params", m), m, methods) for m in spec.method_params]
@@ -564,6 +680,11 @@ def check_names(spec: TaskSpec, datasets: Any, models: Any, methods: Any) -> Non
             registry.get(name)
         except UnknownNameError as e:
             raise UnknownNameError(f"{_prefix(spec.source, spec.lines, path)}: {path}: {e}") from e
+    if spec.finetune.seen_classes is not None:
+        build = datasets.get(spec.finetune.dataset)
+        classnames = getattr(build() if callable(build) else build, "classnames", None)
+        if classnames is not None:  # a registry of dataset builders (not a stand-in): check the names now
+            check_seen_classes(spec, classnames)
     for method in spec.method_params:
         check = getattr(methods.get(method), "check_params", None)
         if check is None:
@@ -573,3 +694,21 @@ def check_names(spec: TaskSpec, datasets: Any, models: Any, methods: Any) -> Non
             check(spec.params_for(method))
         except SpecError as e:
             raise SpecError(f"{_prefix(spec.source, spec.lines, path)}: {path}: {e}") from e
+
+
+def check_seen_classes(spec: TaskSpec, classnames: Any) -> list[int]:
+    """Indices of ``finetune.seen_classes`` in the fine-tune dataset's class names; SpecError if a name is unknown or
+    no class would be absent."""
+    path = "finetune.seen_classes"
+    names = list(classnames)
+    out = []
+    for i, name in enumerate(spec.finetune.seen_classes):
+        if name not in names:
+            where = f"{path}[{i}]"
+            raise SpecError(f"{_prefix(spec.source, spec.lines, where)}: {where}: {name!r} is not a class of "
+                            f"{spec.finetune.dataset!r}{_hint(name, names)} (its classes: {', '.join(names)})")
+        out.append(names.index(name))
+    if len(out) == len(names):
+        raise SpecError(f"{_prefix(spec.source, spec.lines, path)}: {path}: every class of {spec.finetune.dataset!r} "
+                        f"is listed, so none would be absent; leave some out")
+    return out

@@ -8,10 +8,37 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..errors import UnknownNameError
 from ..registry import Registry
 
-#: Every model forgetbench can build, by name. Entries are zero-argument builders returning a ``Model``.
-MODELS = Registry("model")
+class _ModelRegistry(Registry):
+    """Registered names (``mini-clip``) plus spec strings (``openclip:ViT-B-32@openai``), resolved on lookup."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self._resolvers: dict[str, Callable[[str], Callable[[], "Model"]]] = {}
+        self._syntax = ""
+
+    def add_resolver(self, families, resolve: Callable[[str], Callable[[], "Model"]], syntax: str) -> None:
+        """``resolve(spec)`` checks a spec string of one of ``families`` and returns its builder."""
+        self._resolvers.update({f: resolve for f in families})
+        self._syntax = syntax
+
+    def get(self, name: str):
+        self._load()
+        family = name.partition(":")[0] if ":" in name else None
+        if family in self._resolvers and name not in self._items:
+            return self._resolvers[family](name)
+        try:
+            return super().get(name)
+        except UnknownNameError as e:
+            if self._syntax:
+                raise UnknownNameError(f"{e}; or a model spec: {self._syntax}") from None
+            raise
+
+
+#: Every model forgetbench can build, by name or spec string. Entries are zero-argument builders returning a ``Model``.
+MODELS = _ModelRegistry("model")
 
 
 @dataclass

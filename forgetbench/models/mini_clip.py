@@ -18,8 +18,11 @@ MANIFEST = WEIGHTS_DIR / "mini-clip.json"  # file name, sha256 and the command t
 
 def build_untrained(seed: int = 0) -> torch.nn.Module:
     """The mini CLIP architecture with freshly initialised weights (deterministic for a seed)."""
+    from .openclip import _quiet
+
     torch.manual_seed(seed)
-    return open_clip.create_model(CONFIG_NAME, pretrained=None)
+    with _quiet():  # open_clip warns that no weights were loaded: the caller loads them
+        return open_clip.create_model(CONFIG_NAME, pretrained=None)
 
 
 def load_pretrained(weights: Path | None = None, expected_sha256: str | None = None) -> torch.nn.Module:

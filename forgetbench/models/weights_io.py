@@ -52,3 +52,50 @@ def save_atomic(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, 
         Path(tmp).unlink(missing_ok=True)
         raise
     return file_sha256(path)
+
+
+#: Suffixes of PyTorch pickle checkpoints; they are read with ``torch.load(weights_only=True)`` only.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_WRAPPERS = ("state_dict", "model", "module", "model_state_dict")  # common checkpoint layouts around a state dict
+
+
+def load_state_file(path: Path | str) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file, or from a PyTorch checkpoint holding nothing but tensors.
+
+    Pickle checkpoints go through ``torch.load(weights_only=True)``: a file that needs any other Python object to
+    unpickle (a payload, a model class) is refused with a WeightsError, and nothing in it runs.
+    """
+    import pickle
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        return load_checked(path, None)
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise WeightsError(f"weights file {path} has an unknown type {path.suffix or '(no suffix)'!r}: expected "
+                           f".safetensors (preferred) or a PyTorch state dict ({', '.join(PICKLE_SUFFIXES)})")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = " ".join(str(e).split())[:200]
+        raise WeightsError(f"refused {path}: it holds pickled objects other than tensors, and loading it could run "
+                           f"code ({reason}); convert a file you trust to .safetensors") from None
+    except Exception as e:  # truncated files, TorchScript archives, foreign formats
+        raise WeightsError(f"weights file {path} is not a readable PyTorch state dict ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:200]})") from None
+    return _unwrap_state(obj, path)
+
+
+def _unwrap_state(obj, path: Path) -> dict[str, torch.Tensor]:
+    for key in _WRAPPERS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
+    if not state:
+        raise WeightsError(f"weights file {path} holds no tensors (expected a state dict, possibly under "
+                           f"{' / '.join(repr(k) for k in _WRAPPERS)})")
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -41,6 +42,9 @@ _COLUMNS: list[tuple[str, str, str]] = [
     ("drift_kernel_mean", "Kernel drift", "mean"),
     ("weight_drift", "Weight drift", "mean"),
 ]
+#: Column title -> the name it goes by in code and in the HTML page's ``#sort=`` links.
+COLUMN_KEYS = {"Rank": "rank", "Method": "method", "Params": "params", "Seeds": "seeds",
+               **{title: key for key, title, _ in _COLUMNS}}
 _OPTIONAL = {"drift_l2_mean", "drift_otdd_mean", "drift_kernel_mean", "weight_drift"}  # shown only when present
 
 
@@ -121,6 +125,34 @@ def _task_note(records: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------------------- tables
 
+FEW_SEEDS = "†"  # marks a row with fewer seeds than its task requires
+
+
+@dataclass
+class Board:
+    """One task's ranked table, as text cells (shown) and sort keys (numbers where the column is numeric).
+
+    Both renderings, Markdown and HTML, are drawn from it, so they always show the same data.
+    """
+
+    task: str
+    version: int
+    note: str
+    older: str | None  # "version 1 (6 records)" when older versions exist; they are not ranked
+    titles: list[str]
+    rows: list[dict[str, str]]
+    sort_keys: list[dict[str, float | str]]
+    references: list[tuple[str, str]]  # (method, reference)
+    required_seeds: int | None  # seeds the task file asks for; rows with fewer are marked
+
+    @property
+    def few_seeds_note(self) -> str | None:
+        if not any(r["Seeds"].endswith(FEW_SEEDS) for r in self.rows):
+            return None
+        return (f"{FEW_SEEDS} fewer seeds than the task's {self.required_seeds} (its `seeds`): the mean is less certain "
+                "and the rank not comparable.")
+
+
 def _run_row(rec: dict) -> dict[str, Any]:
     summary = rec["metrics"]["summary"]
     row: dict[str, Any] = {
@@ -134,29 +166,47 @@ def _run_row(rec: dict) -> dict[str, Any]:
     return row
 
 
-def _task_table(records: list[dict]) -> str:
-    runs = pd.DataFrame([_run_row(r) for r in records])
+def _required_seeds(records: list[dict]) -> int | None:
+    counts = [len(r["task"]["spec"]["seeds"]) for r in records if isinstance(r["task"]["spec"].get("seeds"), list)]
+    return max(counts) if counts else None
+
+
+def _board(task: str, version: int, current: list[dict], older: str | None) -> Board:
+    runs = pd.DataFrame([_run_row(r) for r in current])
     keys = [k for k, _, _ in _COLUMNS if k not in _OPTIONAL or runs[k].notna().any()]
+    required = _required_seeds(current)
     rows = []
     for (method, params), group in runs.groupby(["method", "params"], sort=True):
-        cells: dict[str, Any] = {"Method": method, "Params": params, "Seeds": str(group["seed"].nunique())}
+        n = group["seed"].nunique()
+        seeds = f"{n} {FEW_SEEDS}" if required is not None and n < required else str(n)
+        cells: dict[str, Any] = {"Method": method, "Params": params, "Seeds": seeds}
+        sort: dict[str, float | str] = {"Method": method, "Params": params, "Seeds": n}
         for key, title, style in _COLUMNS:
             if key in keys:
                 # sorted: the cell must not depend on the order records were read in
-                cells[title] = _cell(sorted(group[key].dropna().tolist()), style)
+                values = sorted(group[key].dropna().tolist())
+                cells[title] = _cell(values, style)
+                sort[title] = _mean(values) if values else -math.inf
         lp = group["delta_lp_mean"].dropna().tolist()
         cells["_key"] = _mean(lp) if lp else -math.inf  # rows without ΔLP rank last
-        rows.append(cells)
+        rows.append((cells, sort))
     # stable sort on ΔLP after the (method, params) order from groupby: ties keep a deterministic order
-    rows.sort(key=lambda r: -r["_key"])
+    rows.sort(key=lambda r: -r[0]["_key"])
     rank, prev = 0, None
-    for i, r in enumerate(rows, start=1):
-        if r["_key"] != prev:
-            rank, prev = i, r["_key"]
-        r["Rank"] = str(rank)  # equal means share a rank
+    for i, (cells, sort) in enumerate(rows, start=1):
+        if cells["_key"] != prev:
+            rank, prev = i, cells["_key"]
+        cells["Rank"], sort["Rank"] = str(rank), rank  # equal means share a rank
     titles = ["Rank", "Method", "Params", "Seeds"] + [t for k, t, _ in _COLUMNS if k in keys]
-    table = pd.DataFrame([{t: r[t] for t in titles} for r in rows], columns=titles)
-    align = ["right", "left", "left", "right"] + ["right"] * (len(titles) - 4)
+    refs = sorted({(r["method"]["name"], r["method"].get("reference")) for r in current if r["method"].get("reference")})
+    return Board(task=task, version=version, note=_task_note(current), older=older, titles=titles,
+                 rows=[{t: c[t] for t in titles} for c, _ in rows], sort_keys=[s for _, s in rows],
+                 references=refs, required_seeds=required)
+
+
+def _markdown_table(board: Board) -> str:
+    table = pd.DataFrame(board.rows, columns=board.titles)
+    align = ["right", "left", "left", "right"] + ["right"] * (len(board.titles) - 4)
     return table.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
@@ -172,33 +222,44 @@ def _check(records: Iterable[dict]) -> list[dict]:
     return [by_id[k] for k in sorted(by_id)]
 
 
-def render_leaderboard(records: list[dict]) -> str:
-    """The Markdown leaderboard for ``records`` (validated; raises SpecError on a malformed record)."""
+def leaderboard_boards(records: list[dict]) -> list[Board]:
+    """One ``Board`` per task (latest version only), tasks in name order; records validated first."""
+    from .protocol_boards import special_board  # sequences and absent classes have tables of their own
+
     recs = _check(records)
-    parts = [HEADER]
-    if not recs:
-        parts.append("_No results yet._\n")
+    boards = []
     for task in sorted({r["task"]["name"] for r in recs}):
         mine = [r for r in recs if r["task"]["name"] == task]
         latest = max(r["task"]["version"] for r in mine)
         current = [r for r in mine if r["task"]["version"] == latest]
-        lines = [f"## {task} (version {latest})", "", _task_note(current)]
-        older = sorted({r["task"]["version"] for r in mine} - {latest})
-        if older:
-            counts = ", ".join(
-                f"version {v} ({sum(r['task']['version'] == v for r in mine)} records)" for v in older)
-            lines += ["", f"Older task versions, not ranked: {counts}."]
-        lines += ["", _task_table(current)]
-        refs = sorted({(r["method"]["name"], r["method"].get("reference")) for r in current if r["method"].get("reference")})
-        if refs:
-            lines += ["", "References: " + "; ".join(f"{m}: {ref}" for m, ref in refs) + "."]
+        older_versions = sorted({r["task"]["version"] for r in mine} - {latest})
+        older = ", ".join(f"version {v} ({sum(r['task']['version'] == v for r in mine)} records)"
+                          for v in older_versions) or None
+        boards.append(special_board(task, latest, current, older) or _board(task, latest, current, older))
+    return boards
+
+
+def render_leaderboard(records: list[dict]) -> str:
+    """The Markdown leaderboard for ``records`` (validated; raises SpecError on a malformed record)."""
+    boards = leaderboard_boards(records)
+    parts = [HEADER]
+    if not boards:
+        parts.append("_No results yet._\n")
+    for board in boards:
+        lines = [f"## {board.task} (version {board.version})", "", board.note]
+        if board.older:
+            lines += ["", f"Older task versions, not ranked: {board.older}."]
+        lines += ["", _markdown_table(board)]
+        if board.few_seeds_note:
+            lines += ["", board.few_seeds_note]
+        if board.references:
+            lines += ["", "References: " + "; ".join(f"{m}: {ref}" for m, ref in board.references) + "."]
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
 
-def write_leaderboard(records: list[dict], path: str | os.PathLike) -> None:
-    """Render and write atomically (temp file in the same directory, then os.replace)."""
-    text = render_leaderboard(records)
+def _write_atomic(text: str, path: str | os.PathLike) -> None:
+    """Write via a temp file in the same directory, then os.replace: readers see the old or the new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -212,3 +273,8 @@ def write_leaderboard(records: list[dict], path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_leaderboard(records: list[dict], path: str | os.PathLike) -> None:
+    """Render and write atomically (temp file in the same directory, then os.replace)."""
+    _write_atomic(render_leaderboard(records), path)

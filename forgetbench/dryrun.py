@@ -1,0 +1,144 @@
+"""``forgetbench run TASK --dry-run``: resolve a task, build its model, one training step per method on fake data.
+
+It checks, on any machine and in about a minute, everything a real run needs before the first GPU hour is spent:
+every name in the task (model spec, datasets, methods and their parameters), where the weights and each dataset
+would be read from (reported, not required: a laptop has neither), that the model builds (with seeded random weights
+of the same architecture when its own are absent), and that each method's hooks run through one optimiser step of
+the real training loop on random images carrying the task's real class names. Nothing is written: no record, no
+checkpoint, and features go to a temporary cache that is deleted.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from .data import DATASETS, ArraySplit, ImageDataset, get_dataset
+from .data import real
+from .errors import ForgetbenchError
+from .features import extract
+from .methods import METHODS, FinetuneContext, get_method
+from .models import MODELS, get_model
+from .models.specs import random_variant, weights_location
+from .tasks import check_names
+
+FAKE_IMAGE = 32  # pixels; the model's own preprocessing resizes them, exactly as it resizes real images
+
+
+@contextlib.contextmanager
+def _scratch_cache():
+    """Point the feature / reference-metric cache at a temporary folder for the duration (nothing is kept)."""
+    old = os.environ.get("FORGETBENCH_CACHE")
+    with tempfile.TemporaryDirectory(prefix="forgetbench-dry-run-") as tmp:
+        os.environ["FORGETBENCH_CACHE"] = tmp
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("FORGETBENCH_CACHE", None)
+            else:
+                os.environ["FORGETBENCH_CACHE"] = old
+
+
+def dataset_info(name: str) -> tuple[list[str], list[str], str]:
+    """(class names, templates, where it is) without reading any image."""
+    if name in real.by_name():
+        classes, templates = real.class_info(name)
+        return classes, templates, real.status(name)
+    ds = get_dataset(name)  # registered datasets build lazily: this reads no split
+    return list(ds.classnames), list(ds.templates), "built in" + (f" ({ds.description})" if ds.description else "")
+
+
+def fake_dataset(name: str, classnames: list[str], templates: list[str], splits: tuple[str, ...], n: int,
+                 seed: int = 0) -> ImageDataset:
+    """Random images with the real class names; every class used has at least two images per split."""
+    rng = np.random.default_rng(seed)
+    k = max(2, min(len(classnames), n // 2))
+    labels = np.arange(n) % k
+    images = rng.integers(0, 256, (n, FAKE_IMAGE, FAKE_IMAGE, 3), dtype=np.uint8)
+    return ImageDataset(name=f"dry-run/{name}", classnames=list(classnames), templates=list(templates[:1]),
+                        split_builders={s: (lambda: ArraySplit(images, labels)) for s in splits},
+                        fingerprint=f"dry-run:{name}:{n}:{seed}")
+
+
+def finetune_context(model, method, head, task, target: ImageDataset, device: str) -> FinetuneContext:
+    """A fresh student (a copy of ``model``'s encoder) with ``head``, as a run sets it up."""
+    student = copy.deepcopy(model.visual)
+    for p in student.parameters():
+        p.requires_grad_(method.trains_encoder)
+    return FinetuneContext(student=student, head=head, reference=model.visual, model=model, task=task, device=device,
+                           head_initial=copy.deepcopy(head.state_dict()), train_dataset=target)
+
+
+def _target_name(task) -> str:
+    sequence = getattr(task, "sequence", None)
+    return task.finetune.dataset or sequence.finetune_datasets()[0]
+
+
+def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed: int = 0, out=print) -> None:
+    """Print what a run of ``task`` would use and run one step per method; raise on the first real problem."""
+    from .run import Reference, initial_head  # run imports heavy optional parts; only needed here
+    from .evaluate.probe import zeroshot_weights
+    from .models import state_dict_hash
+    from .train import finetune
+
+    check_names(task, DATASETS, MODELS, METHODS)
+    for m in methods:
+        get_method(m)
+    out(f"dry run of {task.name} v{task.version} (nothing is written)")
+    t = time.time()
+    try:
+        where = weights_location(task.model)
+        built_from = task.model
+    except ForgetbenchError as e:
+        where, built_from = f"not available here: {e}", random_variant(task.model)
+    model = get_model(built_from)
+    model.visual.to(device).eval()
+    n_params = sum(p.numel() for p in model.visual.parameters())
+    out(f"  model {task.model}: weights {where}")
+    out(f"    built {built_from} in {time.time() - t:.1f}s: {n_params / 1e6:.1f}M encoder parameters, "
+        f"{model.feature_dim}-d features, text tower: {'yes' if model.has_text else 'no (zero-shot metrics skipped)'}")
+
+    target_name = _target_name(task)
+    names = [target_name, *[d for d in task.evaluate.datasets if d != target_name]]
+    if any(n in real.by_name() for n in names):
+        try:
+            out(f"  data root: {real.data_root()}")
+        except ForgetbenchError as e:
+            out(f"  data root: {e}")
+    infos = {}
+    for name in names:
+        infos[name] = dataset_info(name)
+        role = "fine-tune" if name == target_name else "held out"
+        out(f"  dataset {name} ({role}, {len(infos[name][0])} classes, {len(infos[name][1])} templates): "
+            f"{infos[name][2]}")
+
+    tr = task.train
+    length = f"{tr.epochs} epochs" if tr.epochs is not None else f"{tr.steps} steps"
+    out(f"  train: {tr.optimizer} lr {tr.lr:g}, weight decay {tr.weight_decay:g}, batch {tr.batch_size}, {length}, "
+        f"warm-up {tr.warmup_steps}, {tr.schedule}, grad clip {tr.grad_clip}; here: one step at batch {batch} on "
+        f"{FAKE_IMAGE}px random images (first template only)")
+    splits = tuple(dict.fromkeys((task.finetune.train_split, task.finetune.val_split, task.finetune.test_split)))
+    classes, templates, _ = infos[target_name]
+    target = fake_dataset(target_name, classes, templates, splits, n=max(2 * batch, 8), seed=seed)
+    one_step = dataclasses.replace(tr, steps=1, epochs=None, batch_size=batch, warmup_steps=0)
+    with _scratch_cache():
+        ref = Reference(model, state_dict_hash(model.visual), device)
+        text = zeroshot_weights(model, target) if model.has_text else None
+        for name in methods:
+            method = get_method(name)(**task.params_for(get_method(name).name))
+            t = time.time()
+            kind = method.head_init or tr.head_init
+            head = initial_head(kind, ref, target, task, text,
+                                features=lambda ds, split: extract(model.visual, model, ds, split, device))
+            ctx = finetune_context(model, method, head, task, target, device)
+            log = finetune(ctx, method, one_step, target.split(task.finetune.train_split), seed, progress=False)
+            what = f"loss {log.final_loss:.4f}" if log.steps else "no training step (the encoder stays frozen)"
+            out(f"  method {method.name}: {kind} head, {what} ({time.time() - t:.1f}s)")
+    out(f"dry run ok: {len(methods)} method(s) stepped, model and {len(names)} dataset(s) resolved; no record written")
+
