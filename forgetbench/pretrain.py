@@ -39,7 +39,7 @@ def pretraining_pairs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
     train_idx = mini.digits_split_indices()["train"]
     images = np.empty((n, mini.IMAGE_SIZE, mini.IMAGE_SIZE, 3), np.uint8)
     captions = []
-    for i in tqdm(range(n), desc="generating scenes", unit="img", leave=False):
+    for i in tqdm(range(n), desc="generating scenes", unit="img", leave=False, disable=None):
         kind = rng.random()
         if kind < 0.55:
             scene = mini.random_scene(rng)

@@ -159,7 +159,8 @@ def test_damaged_checkpoints_are_ignored_never_trusted(tmp_path_factory, content
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert Checkpointer(path, 1, {"run_id": "0" * 16, "steps": 3}).load() is None
-    assert len(caught) == 1 and "starts from step 0" in str(caught[0].message)
+    # exactly one warning of ours (torch may add its own about the bytes it was shown, e.g. an odd pickle protocol)
+    assert sum("starts from step 0" in str(w.message) for w in caught) == 1
 
 
 @SOME

@@ -27,7 +27,8 @@ HEADER = (
     "Accuracies are percentages; Δ are points (fine-tuned minus pre-trained, negative = forgetting), "
     "over the held-out datasets. Cells are mean ± standard deviation over seeds (n−1 denominator; "
     "no deviation for a single seed). \"Worst\" is the per-run minimum over held-out datasets, averaged over seeds. "
-    "Rows are ranked by mean ΔLP.\n"
+    "Rows are ranked by mean ΔLP. Params lists only values that differ from the method's defaults "
+    "(`baselines/<method>.py`; the record holds them all).\n"
 )
 
 # per-run value -> (column title, how the group is shown)
@@ -78,9 +79,21 @@ def _param_value(v: Any) -> str:
     return v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
 
 
-def format_params(params: dict[str, Any]) -> str:
-    """Compact ``k=v, k=v`` (sorted keys) for a table cell."""
-    return ", ".join(f"{k}={_param_value(params[k])}" for k in sorted(params)).replace("|", "\\|")
+def format_params(params: dict[str, Any], method: str | None = None) -> str:
+    """Compact ``k=v, k=v`` (sorted keys) for a table cell: only the values that differ from ``method``'s registered
+    defaults, so that a row reads "defaults" at a glance (a method not registered here shows every value)."""
+    defaults = _method_defaults(method) if method else {}
+    shown = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
+    return ", ".join(f"{k}={_param_value(shown[k])}" for k in sorted(shown)).replace("|", "\\|")
+
+
+def _method_defaults(name: str) -> dict[str, Any]:
+    from ..methods import METHODS
+
+    try:
+        return dict(METHODS.get(name).defaults)
+    except Exception:  # a submitted method unknown to this checkout: its parameters are all shown
+        return {}
 
 
 # --------------------------------------------------------------------------------------------------- task notes
@@ -157,7 +170,7 @@ def _run_row(rec: dict) -> dict[str, Any]:
     summary = rec["metrics"]["summary"]
     row: dict[str, Any] = {
         "method": rec["method"]["name"],
-        "params": format_params(rec["method"]["params"]),
+        "params": format_params(rec["method"]["params"], rec["method"]["name"]),
         "seed": rec["seed"],
         "acc": float(rec["metrics"]["target"]["acc"]),
     }

@@ -33,7 +33,7 @@ def _table(task: str, version: int, current: list[dict], older: str | None, note
     required = _required_seeds(current)
     groups: dict[tuple[str, str], list[dict]] = {}
     for rec in current:
-        groups.setdefault((rec["method"]["name"], format_params(rec["method"]["params"])), []).append(rec)
+        groups.setdefault((rec["method"]["name"], format_params(rec["method"]["params"], rec["method"]["name"])), []).append(rec)
     rows = []
     for (method, params), recs in sorted(groups.items()):
         n = len({r["seed"] for r in recs})
