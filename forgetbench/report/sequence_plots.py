@@ -158,6 +158,7 @@ def plot_absent(records: Iterable[Mapping[str, Any]], out_prefix: Path) -> list[
             vals = [np.array([m[section][key] for m in ms]) for ms in blocks.values()]
             mean = np.array([v.mean() for v in vals])
             err = np.array([[m - v.min() for m, v in zip(mean, vals)], [v.max() - m for m, v in zip(mean, vals)]])
+            err = np.clip(err, 0, None)  # equal seeds: the mean can exceed the max by rounding, and matplotlib refuses
             ax.bar(np.arange(len(blocks)) + (b - (len(ABSENT_BARS) - 1) / 2) * width, mean, width,
                    color=colours[name], yerr=err, capsize=2, error_kw={"linewidth": 0.8})
         labels = [f"{label}\nAUSUC {np.mean([m['ausuc'] for m in ms]):.3f}" for label, ms in blocks.items()]
