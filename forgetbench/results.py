@@ -332,6 +332,29 @@ def _identity_problems(p: "_Problems", record: dict, submission: bool, schema: s
     return rid, task, name, version
 
 
+def _closing_problems(p: "_Problems", record: dict, submission: bool, task: dict, identity: tuple) -> None:
+    """The checks every record kind ends with: timings, the run id against its parts, and (submissions) provenance
+    and the task's registered spec. ``identity`` is (run_id, task name, version, method, params, seed)."""
+    timings = p.obj(record, "timings", "")
+    if timings is not None:
+        for k in ("finetune_s", "evaluate_s", "total_s"):
+            p.num(timings, k, "timings.", 0, None, unit="seconds")
+    prov = p.obj(record, "provenance", "")
+    rid, name, version, mname, params, seed = identity
+    if None not in identity:
+        try:
+            expected = run_id(name, version, mname, params, seed)
+        except SpecError as e:
+            p.add("method.params", str(e))
+        else:
+            if rid != expected:
+                p.add("run_id", f"{rid!r} does not match task/method/params/seed (expected {expected!r})")
+    if submission:
+        if prov is not None:
+            _check_provenance(p, prov, record.get("seed"))
+        _check_task_known(p, task, record)
+
+
 def _sequence_problems(record: dict, submission: bool) -> list[tuple[str, str]]:
     """``record_problems`` of a ``forgetbench.sequence/1`` record: the run's identity as for every record, the accuracy
     matrices (in [0, 100], shaped by the steps and held-out datasets) and summaries that equal what the matrices
@@ -381,23 +404,7 @@ def _sequence_problems(record: dict, submission: bool) -> list[tuple[str, str]]:
                 got = p.num(summary, key, f"{at}summary.")
                 if got is not None and abs(got - v) > CONSISTENCY_TOL:
                     p.add(f"{at}summary.{key}", f"is {got!r} but the matrices give {v!r} (tolerance {CONSISTENCY_TOL})")
-    timings = p.obj(record, "timings", "")
-    if timings is not None:
-        for k in ("finetune_s", "evaluate_s", "total_s"):
-            p.num(timings, k, "timings.", 0, None, unit="seconds")
-    prov = p.obj(record, "provenance", "")
-    if None not in (rid, name, version, mname, params, seed):
-        try:
-            expected_id = run_id(name, version, mname, params, seed)
-        except SpecError as e:
-            p.add("method.params", str(e))
-        else:
-            if rid != expected_id:
-                p.add("run_id", f"{rid!r} does not match task/method/params/seed (expected {expected_id!r})")
-    if submission:
-        if prov is not None:
-            _check_provenance(p, prov, record.get("seed"))
-        _check_task_known(p, task, record)
+    _closing_problems(p, record, submission, task, (rid, name, version, mname, params, seed))
     return p.items
 
 
@@ -446,24 +453,7 @@ def record_problems(record: Any, *, submission: bool = False) -> list[tuple[str,
     if "trajectory" in record:
         _check_trajectory(p, record["trajectory"])
 
-    timings = p.obj(record, "timings", "")
-    if timings is not None:
-        for k in ("finetune_s", "evaluate_s", "total_s"):
-            p.num(timings, k, "timings.", 0, None, unit="seconds")
-    prov = p.obj(record, "provenance", "")
-
-    if None not in (rid, name, version, mname, params, seed):
-        try:
-            expected = run_id(name, version, mname, params, seed)
-        except SpecError as e:
-            p.add("method.params", str(e))
-        else:
-            if rid != expected:
-                p.add("run_id", f"{rid!r} does not match task/method/params/seed (expected {expected!r})")
-    if submission:
-        if prov is not None:
-            _check_provenance(p, prov, record.get("seed"))
-        _check_task_known(p, task, record)
+    _closing_problems(p, record, submission, task, (rid, name, version, mname, params, seed))
     return p.items
 
 
