@@ -89,6 +89,10 @@ _DRIFT_MAX = {"l2": 4.0, "kernel": 2.0, "otdd": math.inf}
 _GIT_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class _Problems:
     """Collects ``(field, what is wrong)`` pairs; each check returns the value when it is usable, else None."""
 
@@ -96,7 +100,9 @@ class _Problems:
         self.items: list[tuple[str, str]] = []
 
     def add(self, where: str, msg: str) -> None:
-        self.items.append((where, msg))
+        # field names come from the file (dataset names are keys): control characters in them would break the
+        # one-line message, so they are shown escaped
+        self.items.append((_one_line(where), _one_line(msg)))
 
     def obj(self, rec: Mapping, key: str, where: str) -> dict | None:
         if key not in rec:

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from forgetbench.checkpoint import Checkpointer
@@ -131,6 +131,7 @@ PATHS = [["schema"], ["run_id"], ["status"], ["task"], ["task", "name"], ["task"
 
 @SOME
 @given(st.sampled_from(PATHS), JSON | st.just(_DELETE) | st.just(math.nan) | st.just(math.inf))
+@example(["metrics", "heldout"], {"\n": None})  # once printed a newline inside the one-line message
 def test_malformed_records_are_refused_and_leave_the_file_as_it_was(tmp_path_factory, path, value):
     root = tmp_path_factory.mktemp("store")
     store = ResultStore(root)
