@@ -431,39 +431,33 @@ def _plots(result: Mapping, out: Path) -> list[Path]:
 
     names = sorted(result["heldout"])
     heldout = result["heldout"]
-    x = np.arange(len(names))
     paths = []
-    with mpl.rc_context(_RC):
+
+    def bars(series, ylabel: str, title: str, stem: str, zero_line: bool) -> None:
+        """One grouped bar chart: a bar per (dataset, series), ``series`` = [(legend label, value of a dataset)]."""
         fig = Figure(figsize=(max(5.0, 1.1 * len(names) + 2), 3.6), layout="constrained")
         ax = fig.subplots()
-        series = [("ΔLP", "delta_lp")] + ([("ΔZS", "delta_zs")] if any("delta_zs" in heldout[n] for n in names) else [])
-        width = 0.8 / len(series)
-        for i, (label, key) in enumerate(series):
-            ax.bar(x + (i - (len(series) - 1) / 2) * width, [heldout[n].get(key, np.nan) for n in names], width,
-                   label=label)
-        ax.axhline(0, color="black", linewidth=0.8)
+        x, width = np.arange(len(names)), 0.8 / len(series)
+        for i, (label, value) in enumerate(series):
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, [value(heldout[n]) for n in names], width, label=label)
+        if zero_line:
+            ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(x, names, rotation=20, ha="right")
-        ax.set_ylabel("points (tuned − reference)")
-        ax.set_title("Accuracy change per held-out dataset (negative = forgotten)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.legend(frameon=False)
-        png, svg = out / "audit-deltas.png", out / "audit-deltas.svg"
+        png, svg = out / f"{stem}.png", out / f"{stem}.svg"
         _save(fig, png, svg)
-        paths += [png, svg]
+        paths.extend([png, svg])
+
+    with mpl.rc_context(_RC):
+        deltas = [("ΔLP", "delta_lp")] + ([("ΔZS", "delta_zs")] if any("delta_zs" in heldout[n] for n in names) else [])
+        bars([(label, lambda m, k=key: m.get(k, np.nan)) for label, key in deltas], "points (tuned − reference)",
+             "Accuracy change per held-out dataset (negative = forgotten)", "audit-deltas", zero_line=True)
         drifts = [d for d in ("l2", "otdd", "kernel") if any(d in heldout[n].get("drift", {}) for n in names)]
         if drifts:
-            fig = Figure(figsize=(max(5.0, 1.1 * len(names) + 2), 3.6), layout="constrained")
-            ax = fig.subplots()
-            width = 0.8 / len(drifts)
-            for i, d in enumerate(drifts):
-                ax.bar(x + (i - (len(drifts) - 1) / 2) * width, [heldout[n].get("drift", {}).get(d, np.nan)
-                                                                 for n in names], width, label=_DRIFT_TITLES[d])
-            ax.set_xticks(x, names, rotation=20, ha="right")
-            ax.set_ylabel("distance")
-            ax.set_title("Feature drift per held-out dataset")
-            ax.legend(frameon=False)
-            png, svg = out / "audit-drift.png", out / "audit-drift.svg"
-            _save(fig, png, svg)
-            paths += [png, svg]
+            bars([(_DRIFT_TITLES[d], lambda m, d=d: m.get("drift", {}).get(d, np.nan)) for d in drifts], "distance",
+                 "Feature drift per held-out dataset", "audit-drift", zero_line=False)
     return paths
 
 
