@@ -405,10 +405,10 @@ def _apply_data_args(args) -> None:
 def cmd_pretrain_mini(args) -> int:
     from .pretrain import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(samples=args.samples, epochs=args.epochs, seed=args.seed)
-    command = "forgetbench pretrain-mini" + "".join(
-        f" --{k} {v}" for k, v in (("samples", args.samples), ("epochs", args.epochs), ("seed", args.seed))
-        if v != getattr(PretrainConfig, k))
+    given = {k: v for k, v in (("samples", args.samples), ("epochs", args.epochs), ("seed", args.seed))
+             if v is not None and v != getattr(PretrainConfig, k)}
+    cfg = PretrainConfig(**given)
+    command = "forgetbench pretrain-mini" + "".join(f" --{k} {v}" for k, v in given.items())
     manifest = pretrain(cfg, out=args.out, command=command)
     print(f"wrote {manifest['file']} (sha256 {manifest['sha256']}) in {manifest['train_seconds']}s")
     return 0
@@ -541,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=cmd_download)
 
     pm = sub.add_parser("pretrain-mini", help="pre-train the mini CLIP (regenerates the shipped weights)")
-    pm.add_argument("--samples", type=int, default=24000)
-    pm.add_argument("--epochs", type=int, default=10)
+    pm.add_argument("--samples", type=int, default=None, help="captioned scenes per epoch (default 40000)")
+    pm.add_argument("--epochs", type=int, default=None, help="(default 10)")
     pm.add_argument("--seed", type=int, default=0)
     pm.add_argument("--out", type=Path, default=None, help="output folder (default: the package's weights folder)")
     pm.set_defaults(func=cmd_pretrain_mini)

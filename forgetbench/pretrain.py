@@ -23,7 +23,7 @@ from .models.weights_io import save_atomic
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    samples: int = 24000  # captioned scenes per epoch
+    samples: int = 40000  # captioned scenes per epoch
     epochs: int = 10
     batch_size: int = 256
     lr: float = 2e-3
@@ -32,29 +32,55 @@ class PretrainConfig:
     seed: int = 0
 
 
-def pretraining_pairs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """n (image, caption) pairs: 55% single-object scenes, 25% counting scenes, 20% digits (train split glyphs only)."""
+@dataclass(frozen=True)
+class PretrainingData:
+    images: np.ndarray  # uint8 [n, H, W, 3]
+    captions: list[str]
+    image_codes: np.ndarray  # int [n, len(CONCEPT_KEYS)]: what each image shows
+    caption_codes: np.ndarray  # int [n, len(CONCEPT_KEYS)]: what each caption names
+
+
+def pretraining_data(n: int, seed: int) -> PretrainingData:
+    """n captioned scenes: 50% single-object scenes, 28% counting scenes, 22% digits (train split glyphs only)."""
     rng = mini.stable_rng("pretrain", seed, mini.GENERATOR_VERSION)
     glyphs, digit_labels = mini.sklearn_digits()
     train_idx = mini.digits_split_indices()["train"]
     images = np.empty((n, mini.IMAGE_SIZE, mini.IMAGE_SIZE, 3), np.uint8)
-    captions = []
+    captions, image_codes, caption_codes = [], [], []
     for i in tqdm(range(n), desc="generating scenes", unit="img", leave=False, disable=None):
-        kind = rng.random()
-        if kind < 0.55:
+        kind, digit, glyph = rng.random(), None, None
+        if kind < 0.50:
             scene = mini.random_scene(rng)
-            images[i] = mini.render(scene, rng)
-            captions.append(mini.caption(scene, rng))
-        elif kind < 0.80:
+        elif kind < 0.78:
             scene = mini.random_scene(rng, count=int(rng.integers(1, len(mini.COUNTS) + 1)))
-            images[i] = mini.render(scene, rng)
-            captions.append(mini.caption(scene, rng))
         else:
             j = train_idx[rng.integers(len(train_idx))]
-            scene = mini.random_scene(rng)
-            images[i] = mini.render(scene, rng, digit=glyphs[j])
-            captions.append(mini.caption(scene, rng, digit=int(digit_labels[j])))
-    return images, captions
+            scene, digit, glyph = mini.random_scene(rng), int(digit_labels[j]), glyphs[j]
+        images[i] = mini.render(scene, rng, digit=glyph)
+        text, codes = mini.described(scene, rng, digit=digit)
+        captions.append(text)
+        caption_codes.append(codes)
+        image_codes.append(mini.scene_codes(scene, digit))
+    return PretrainingData(images, captions, np.array(image_codes), np.array(caption_codes))
+
+
+def pretraining_pairs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """n (image, caption) pairs of the pre-training distribution (ZSCL's reference data)."""
+    data = pretraining_data(n, seed)
+    return data.images, data.captions
+
+
+def caption_aware_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                            matches: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss with every caption that is true of an image as a positive (UniCL, Yang et al.
+    2022), not only its own. Short captions repeat within a batch ("something red."), and plain CLIP would push an
+    image away from the identical caption of its neighbour; here the target is uniform over the true captions.
+    ``matches`` [B, B] bool holds the diagonal, so every row and column has a positive."""
+    logits = logit_scale * image_features @ text_features.T
+    target = matches.float()
+    image_to_text = -(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    text_to_image = -(target / target.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+    return (image_to_text + text_to_image) / 2
 
 
 def to_model_input(images: np.ndarray, clip: torch.nn.Module) -> torch.Tensor:
@@ -67,12 +93,11 @@ def to_model_input(images: np.ndarray, clip: torch.nn.Module) -> torch.Tensor:
 def pretrain(cfg: PretrainConfig, out: Path | None = None, command: str = "forgetbench pretrain-mini") -> dict:
     """Pre-train the mini CLIP and write fp16 safetensors + manifest; returns the manifest."""
     start = time.time()
-    images, captions = pretraining_pairs(cfg.samples, cfg.seed)
+    data = pretraining_data(cfg.samples, cfg.seed)
     clip = mini_clip.build_untrained(cfg.seed)
     clip.train()
-    x = to_model_input(images, clip)
-    tokens = open_clip.get_tokenizer(mini_clip.CONFIG_NAME)(captions)
-    loss_fn = open_clip.ClipLoss()
+    x = to_model_input(data.images, clip)
+    tokens = open_clip.get_tokenizer(mini_clip.CONFIG_NAME)(data.captions)
     decay = [p for n, p in clip.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in clip.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -88,7 +113,9 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, command: str = "forge
         for b in range(steps_per_epoch):
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             image_features, text_features, logit_scale = clip(x[idx], tokens[idx])[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
+            rows = idx.numpy()
+            matches = torch.from_numpy(mini.caption_matches(data.image_codes[rows], data.caption_codes[rows]))
+            loss = caption_aware_clip_loss(image_features, text_features, logit_scale, matches)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)

@@ -69,6 +69,49 @@ def test_captions_name_the_scene():
     assert any(c in {"a triangle.", "a photo of a triangle.", "a drawing of a triangle."} for c in caps)
 
 
+def test_caption_codes_say_what_the_caption_names():
+    rng = mini.stable_rng("test-codes")
+    for count in (None, 3):
+        scene = mini.random_scene(rng, count=count)
+        shown = np.array([mini.scene_codes(scene)])
+        for _ in range(100):
+            text, codes = mini.described(scene, rng)
+            for key, code in zip(mini.CONCEPT_KEYS, codes):
+                vocab = {"shape": mini.SHAPES, "colour": list(mini.COLOURS), "texture": mini.TEXTURES,
+                         "position": mini.POSITIONS, "count": mini.COUNTS}.get(key)
+                if code != mini.UNNAMED:
+                    assert vocab[code] in text  # a named concept is in the words
+            assert mini.caption_matches(shown, np.array([codes]))[0, 0]  # a caption is true of its own scene
+
+
+def test_caption_matches_known_answers():
+    u, a = mini.UNNAMED, mini.ABSENT
+    images = np.array([[0, 1, 2, 3, 0, a],   # a red-coded shape 0 in position 3 on texture 2
+                       [a, 1, 2, a, a, 7]])  # a digit 7 in colour 1 on texture 2
+    captions = np.array([[u, 1, u, u, u, u],   # "something <colour 1>": true of both
+                         [0, u, u, 3, u, u],   # shape 0 in position 3: the first only
+                         [u, u, u, u, u, 7],   # digit 7: the second only
+                         [1, u, u, u, u, u]])  # shape 1: neither
+    assert mini.caption_matches(images, captions).tolist() == [[True, True, False, False], [True, False, True, False]]
+
+
+def test_caption_aware_loss_is_clip_loss_when_captions_are_unique():
+    from forgetbench.pretrain import caption_aware_clip_loss
+
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    eye = torch.eye(6, dtype=torch.bool)
+    assert torch.allclose(caption_aware_clip_loss(img, txt, scale, eye), open_clip.ClipLoss()(img, txt, scale))
+    # a second true caption for image 0 pulls it towards caption 1 too: the loss now rewards that similarity
+    both = eye.clone()
+    both[0, 1] = both[1, 0] = True
+    closer = txt.clone()
+    closer[1] = img[0]
+    assert caption_aware_clip_loss(img, closer, scale, both) < caption_aware_clip_loss(img, closer, scale, eye)
+
+
 def test_mini_clip_config_builds_with_open_clip():
     model = open_clip.create_model(mini_clip.CONFIG_NAME, pretrained=None)
     assert model.visual.output_dim == 128
