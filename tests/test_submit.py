@@ -111,8 +111,8 @@ def bad_schema(r):
 
 
 def unknown_task_version(r):
-    r["task"]["version"] = 2
-    r["task"]["spec"]["version"] = 2
+    r["task"]["version"] += 1
+    r["task"]["spec"]["version"] += 1
     _reid(r)
 
 
@@ -172,7 +172,7 @@ def wrong_datasets(r):
 
 @pytest.mark.parametrize("corrupt, field, needle", [
     (bad_schema, "schema", "must be 'forgetbench.result/1'"),
-    (unknown_task_version, "task.version", "is 2 but task 'mini-shapes' is at version 1"),
+    (unknown_task_version, "task.version", "is 3 but task 'mini-shapes' is at version 2"),
     (unknown_task, "task.name", "is not a known task"),
     (other_protocol, "task.spec.train", "differs from the protocol"),
     (missing_commit, "provenance.git_commit", "must be the 40-hex commit"),
@@ -313,7 +313,7 @@ def test_pickle_and_code_payloads_are_refused_unexecuted(tmp_path, results):
 def test_cli_validate_results(tmp_path, capsys):
     good = write_lines(tmp_path / "good.jsonl", [make_record(seed=1), make_record(seed=2)])
     assert main(["validate-results", str(good)]) == 0
-    assert "ok, 2 new record(s) (mini-shapes v1: 2)" in capsys.readouterr().out
+    assert f"ok, 2 new record(s) (mini-shapes v{load_task('mini-shapes').version}: 2)" in capsys.readouterr().out
     bad = make_record(seed=3)
     delta_not_its_parts(bad)
     bad_file = write_lines(tmp_path / "bad.jsonl", [make_record(seed=1), bad])
