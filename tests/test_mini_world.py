@@ -77,10 +77,8 @@ def test_caption_codes_say_what_the_caption_names():
         for _ in range(100):
             text, codes = mini.described(scene, rng)
             for key, code in zip(mini.CONCEPT_KEYS, codes):
-                vocab = {"shape": mini.SHAPES, "colour": list(mini.COLOURS), "texture": mini.TEXTURES,
-                         "position": mini.POSITIONS, "count": mini.COUNTS}.get(key)
                 if code != mini.UNNAMED:
-                    assert vocab[code] in text  # a named concept is in the words
+                    assert mini.CONCEPT_CLASSES[key][code] in text  # a named concept is in the words
             assert mini.caption_matches(shown, np.array([codes]))[0, 0]  # a caption is true of its own scene
 
 

@@ -185,10 +185,10 @@ def _article(word: str) -> str:
 #: keeps contrastive pre-training from settling on colour alone (at 0.35, textures stayed near chance).
 CAPTION_WEIGHT = {"colour": 0.4, "texture": 0.6, "shape": 0.85, "position": 0.8, "count": 0.9, "digit": 0.9}
 
-#: The concepts a scene can show, in the order of the code vectors below.
+#: The concepts a scene can show, in the order of the code vectors below, and their class names.
 CONCEPT_KEYS = ("shape", "colour", "texture", "position", "count", "digit")
-_VOCAB = {"shape": SHAPES, "colour": list(COLOURS), "texture": TEXTURES, "position": POSITIONS, "count": COUNTS,
-          "digit": DIGITS}
+CONCEPT_CLASSES = {"shape": SHAPES, "colour": list(COLOURS), "texture": TEXTURES, "position": POSITIONS,
+                   "count": COUNTS, "digit": DIGITS}
 ABSENT, UNNAMED = -2, -1  # codes: a concept the image does not show; a concept the caption does not name
 
 
@@ -261,7 +261,7 @@ def described(scene: Scene, rng: np.random.Generator, digit: int | None = None) 
 
 
 def _codes(named: dict[str, str]) -> list[int]:
-    return [_VOCAB[k].index(named[k]) if k in named else UNNAMED for k in CONCEPT_KEYS]
+    return [CONCEPT_CLASSES[k].index(named[k]) if k in named else UNNAMED for k in CONCEPT_KEYS]
 
 
 #: Zero-shot prompt templates per concept (CLIP style, "{}" is the class name).
