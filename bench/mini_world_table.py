@@ -2,8 +2,10 @@
 
     python bench/mini_world_table.py              # print the table
     python bench/mini_world_table.py --readme     # also rewrite the table between the README's markers
+    python bench/mini_world_table.py --weights DIR  # a candidate from `forgetbench pretrain-mini --out DIR`
 """
 import argparse
+import json
 import re
 import time
 from pathlib import Path
@@ -13,15 +15,22 @@ from tabulate import tabulate
 from forgetbench.data import get_dataset
 from forgetbench.evaluate.probe import linear_probe, zeroshot_accuracy, zeroshot_weights
 from forgetbench.features import cached_extract
-from forgetbench.models import get_model, state_dict_hash
+from forgetbench.models import get_model, mini_clip, state_dict_hash
 
 MINI = ["mini/shapes", "mini/colours", "mini/textures", "mini/positions", "mini/counts", "mini/digits"]
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- mini-world-table:begin -->", "<!-- mini-world-table:end -->"
 
 
-def table() -> str:
-    model = get_model("mini-clip")
+def candidate(weights_dir: Path):
+    """The mini CLIP with weights written by `forgetbench pretrain-mini --out weights_dir` (hash checked)."""
+    manifest = json.loads((weights_dir / "mini-clip.json").read_text())
+    clip = mini_clip.load_pretrained(weights_dir / manifest["file"], manifest["sha256"])
+    return mini_clip.as_model(clip)
+
+
+def table(weights_dir: Path | None = None) -> str:
+    model = candidate(weights_dir) if weights_dir else get_model("mini-clip")
     h = state_dict_hash(model.visual)
     rows = []
     for name in MINI:
@@ -38,9 +47,12 @@ def table() -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--readme", action="store_true", help="write the table into README.md")
+    ap.add_argument("--weights", type=Path, help="evaluate the weights in this folder instead of the shipped ones")
     args = ap.parse_args()
+    if args.readme and args.weights:
+        raise SystemExit("--readme describes the shipped weights: leave out --weights")
     t = time.time()
-    text = table()
+    text = table(args.weights)
     print(text)
     print(f"({time.time() - t:.0f}s)")
     if args.readme:

@@ -48,7 +48,11 @@ def preprocess_for(clip: torch.nn.Module):
     return open_clip.image_transform(clip.visual.image_size, is_train=False)
 
 
+def as_model(clip: torch.nn.Module) -> Model:
+    """A mini CLIP (the shipped one, or a candidate from ``pretrain-mini --out``) as the project's Model."""
+    return wrap_openclip("mini-clip", CONFIG_NAME, clip, preprocess_for(clip))
+
+
 @MODELS.register("mini-clip")
 def mini_clip() -> Model:
-    clip = load_pretrained()
-    return wrap_openclip("mini-clip", CONFIG_NAME, clip, preprocess_for(clip))
+    return as_model(load_pretrained())
