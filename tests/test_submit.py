@@ -110,6 +110,9 @@ def bad_schema(r):
     r["schema"] = "forgetbench.result/0"
 
 
+SHAPES_VERSION = load_task("mini-shapes").version  # the tests follow the task's version bumps
+
+
 def unknown_task_version(r):
     r["task"]["version"] += 1
     r["task"]["spec"]["version"] += 1
@@ -172,7 +175,8 @@ def wrong_datasets(r):
 
 @pytest.mark.parametrize("corrupt, field, needle", [
     (bad_schema, "schema", "must be 'forgetbench.result/1'"),
-    (unknown_task_version, "task.version", "is 3 but task 'mini-shapes' is at version 2"),
+    (unknown_task_version, "task.version",
+     f"is {SHAPES_VERSION + 1} but task 'mini-shapes' is at version {SHAPES_VERSION}"),
     (unknown_task, "task.name", "is not a known task"),
     (other_protocol, "task.spec.train", "differs from the protocol"),
     (missing_commit, "provenance.git_commit", "must be the 40-hex commit"),
@@ -313,7 +317,7 @@ def test_pickle_and_code_payloads_are_refused_unexecuted(tmp_path, results):
 def test_cli_validate_results(tmp_path, capsys):
     good = write_lines(tmp_path / "good.jsonl", [make_record(seed=1), make_record(seed=2)])
     assert main(["validate-results", str(good)]) == 0
-    assert f"ok, 2 new record(s) (mini-shapes v{load_task('mini-shapes').version}: 2)" in capsys.readouterr().out
+    assert f"ok, 2 new record(s) (mini-shapes v{SHAPES_VERSION}: 2)" in capsys.readouterr().out
     bad = make_record(seed=3)
     delta_not_its_parts(bad)
     bad_file = write_lines(tmp_path / "bad.jsonl", [make_record(seed=1), bad])
