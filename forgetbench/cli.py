@@ -541,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=cmd_download)
 
     pm = sub.add_parser("pretrain-mini", help="pre-train the mini CLIP (regenerates the shipped weights)")
-    pm.add_argument("--samples", type=int, default=None, help="captioned scenes per epoch (default 40000)")
-    pm.add_argument("--epochs", type=int, default=None, help="(default 10)")
+    pm.add_argument("--samples", type=int, default=None, help="captioned scenes per epoch (default 100000)")
+    pm.add_argument("--epochs", type=int, default=None, help="(default 12)")
     pm.add_argument("--seed", type=int, default=0)
     pm.add_argument("--out", type=Path, default=None, help="output folder (default: the package's weights folder)")
     pm.set_defaults(func=cmd_pretrain_mini)

@@ -23,8 +23,8 @@ from .models.weights_io import save_atomic
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    samples: int = 40000  # captioned scenes per epoch
-    epochs: int = 10
+    samples: int = 100000  # captioned scenes per epoch
+    epochs: int = 12
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1
@@ -41,7 +41,7 @@ class PretrainingData:
 
 
 def pretraining_data(n: int, seed: int) -> PretrainingData:
-    """n captioned scenes: 50% single-object scenes, 28% counting scenes, 22% digits (train split glyphs only)."""
+    """n captioned scenes: 46% single-object scenes, 28% counting scenes, 26% digits (train split glyphs only)."""
     rng = mini.stable_rng("pretrain", seed, mini.GENERATOR_VERSION)
     glyphs, digit_labels = mini.sklearn_digits()
     train_idx = mini.digits_split_indices()["train"]
@@ -49,9 +49,9 @@ def pretraining_data(n: int, seed: int) -> PretrainingData:
     captions, image_codes, caption_codes = [], [], []
     for i in tqdm(range(n), desc="generating scenes", unit="img", leave=False, disable=None):
         kind, digit, glyph = rng.random(), None, None
-        if kind < 0.50:
+        if kind < 0.46:
             scene = mini.random_scene(rng)
-        elif kind < 0.78:
+        elif kind < 0.74:
             scene = mini.random_scene(rng, count=int(rng.integers(1, len(mini.COUNTS) + 1)))
         else:
             j = train_idx[rng.integers(len(train_idx))]
