@@ -41,7 +41,7 @@ class PretrainingData:
 
 
 def pretraining_data(n: int, seed: int) -> PretrainingData:
-    """n captioned scenes: 46% single-object scenes, 28% counting scenes, 26% digits (train split glyphs only)."""
+    """n captioned scenes: 45% single-object scenes, 29% counting scenes, 26% digits (train split glyphs only)."""
     rng = mini.stable_rng("pretrain", seed, mini.GENERATOR_VERSION)
     glyphs, digit_labels = mini.sklearn_digits()
     train_idx = mini.digits_split_indices()["train"]
@@ -49,7 +49,7 @@ def pretraining_data(n: int, seed: int) -> PretrainingData:
     captions, image_codes, caption_codes = [], [], []
     for i in tqdm(range(n), desc="generating scenes", unit="img", leave=False, disable=None):
         kind, digit, glyph = rng.random(), None, None
-        if kind < 0.46:
+        if kind < 0.45:
             scene = mini.random_scene(rng)
         elif kind < 0.74:
             scene = mini.random_scene(rng, count=int(rng.integers(1, len(mini.COUNTS) + 1)))

@@ -36,7 +36,8 @@ def test_generation_is_deterministic_and_seed_dependent(concept):
 #: new images; this test catches it. (Same digest with numpy's AVX-512 and AVX2 kernels switched off, i.e. on older
 #: CPUs: NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL X86_V3".)
 GENERATED_DIGESTS = {3: "b14572aceb76a6cd8f544488eff47e155fb90918de0342df9a639a00913a4cd8",
-                     4: "ae3144c037d54669ef74e0d63319c485a27d33527285b390747c70eda7d0669c"}
+                     4: "ae3144c037d54669ef74e0d63319c485a27d33527285b390747c70eda7d0669c",
+                     5: "997cd3abe2d5975e3aff4f8c235236f0feedffab9c9ecf329bdd0aa3cf0a14ed"}
 
 
 def test_generated_bytes_are_the_ones_of_this_generator_version():
