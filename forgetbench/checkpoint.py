@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import ResourceError
 
 FORMAT = "forgetbench.checkpoint/1"
@@ -191,26 +191,28 @@ class Checkpointer:
         ignore = self.path.parent / ".gitignore"
         if not ignore.exists():  # checkpoints are scratch files: keep them out of a committed results folder
             ignore.write_text("*\n")
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"format": FORMAT, "identity": self.identity, **state}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException as e:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            atomic_write(self.path, lambda f: torch.save({"format": FORMAT, "identity": self.identity, **state}, f),
+                         mode=0o600)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ResourceError(f"disk full while writing checkpoint {self.path} ({e.strerror}); free some space "
                                     f"or checkpoint less often (--checkpoint-every)") from None
             raise
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-        try:
-            remaining = [p for p in self.path.parent.iterdir() if p.name != ".gitignore"]
-            if not remaining:  # leave no empty scratch folder behind
-                (self.path.parent / ".gitignore").unlink(missing_ok=True)
-                self.path.parent.rmdir()
-        except OSError:
-            pass
+        discard(self.path)
+
+
+def discard(path: Path | None) -> None:
+    """Remove a run's checkpoint (once its record is stored), and the scratch folder when it is left empty."""
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    try:
+        remaining = [p for p in path.parent.iterdir() if p.name != ".gitignore"]
+        if not remaining:  # leave no empty scratch folder behind
+            (path.parent / ".gitignore").unlink(missing_ok=True)
+            path.parent.rmdir()
+    except OSError:
+        pass

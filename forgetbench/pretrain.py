@@ -16,6 +16,7 @@ import open_clip
 import torch
 from tqdm import tqdm
 
+from .atomic import atomic_write
 from .data import mini
 from .models import mini_clip
 from .models.weights_io import save_atomic
@@ -141,7 +142,5 @@ def pretrain(cfg: PretrainConfig, out: Path | None = None, command: str = "forge
         "torch": torch.__version__,
         "final_loss": round(float(loss.item()), 4),
     }
-    tmp = out / "mini-clip.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(out / "mini-clip.json")
+    atomic_write(out / "mini-clip.json", json.dumps(manifest, indent=2) + "\n")
     return manifest

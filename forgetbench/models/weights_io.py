@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from ..atomic import atomic_write
 from ..errors import WeightsError
 
 
@@ -39,18 +38,8 @@ def load_checked(path: Path, expected_sha256: str | None, regenerate_hint: str =
 
 
 def save_atomic(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
-    """Save a state dict as safetensors via a temporary file + rename; returns the file's sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are meant to be read by everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save a state dict as safetensors, atomically; returns the file's sha256."""
+    path = atomic_write(path, save({k: v.detach().contiguous().cpu() for k, v in state.items()}, metadata=metadata))
     return file_sha256(path)
 
 
