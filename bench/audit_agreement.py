@@ -57,7 +57,7 @@ def main() -> int:
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         t = time.time()
-        record = run_one(task, args.method, args.seed, progress=False, weights_dir=tmp)
+        record = run_one(task, args.method, args.seed, progress=False, weights_dir=tmp).to_json()
         saved = weights_path(tmp, task.name, record["method"]["name"], args.seed, record["run_id"])
         print(f"run {task.name} {args.method} seed {args.seed}: {record['training']['steps']} steps, mean dLP "
               f"{record['metrics']['summary']['delta_lp_mean']:+.4f} ({time.time() - t:.0f}s)")

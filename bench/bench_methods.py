@@ -2,8 +2,8 @@
 
     python bench/bench_methods.py [--task mini-shapes] [--batch 64] [--warmup 5] [--steps 20] [--methods fda,proxy-fda]
 
-The context is built as `forgetbench/run.py` builds it (frozen reference, student copy, zero-shot head); each method
-then runs through the real training loop (`forgetbench.train.finetune`) for warmup + steps steps. A step's time is
+The context is built as a run builds it (`FinetuneContext.start`: frozen pre-trained encoder, student copy, zero-shot
+head); each method then runs through the real training loop (`forgetbench.train.finetune`) for warmup + steps steps. A step's time is
 the time between two consecutive steps' ends (forward, the method's loss, backward, optimiser step, after_step), on
 images preprocessed once beforehand so that decoding does not blur the ratios; the table shows the median over the
 timed steps. Setup and finalize (Fisher estimate, teacher logits, class similarities, ...) are shown apart, in
@@ -23,10 +23,12 @@ from tabulate import tabulate
 
 from forgetbench.data import get_dataset
 from forgetbench.errors import WeightsError
+from forgetbench.evaluate.evaluation import Evaluation, FrozenModel
 from forgetbench.evaluate.probe import zeroshot_weights
+from forgetbench.heads import initial_head
 from forgetbench.methods import METHODS, FinetuneContext
 from forgetbench.models import get_model, state_dict_hash
-from forgetbench.run import Reference, default_device, initial_head
+from forgetbench.run import default_device
 from forgetbench.tasks import load_task
 from forgetbench.train import finetune
 
@@ -70,12 +72,7 @@ def time_method(name: str, model, target, task, head0, split, device: str, warmu
     method = METHODS.get(name)(**task.params_for(name))
     if not method.trains_encoder:
         return None
-    student = copy.deepcopy(model.visual)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    head = copy.deepcopy(head0)
-    ctx = FinetuneContext(student=student, head=head, reference=model.visual, model=model, task=task, device=device,
-                          head_initial=copy.deepcopy(head.state_dict()), train_dataset=target)
+    ctx = FinetuneContext.start(model, method, copy.deepcopy(head0), task, target, device)
     spec = dataclasses.replace(task.train, steps=warmup + steps, warmup_steps=0)
     ends = []
 
@@ -115,9 +112,9 @@ def main():
     for p in model.visual.parameters():
         p.requires_grad_(False)
     target = get_dataset(task.finetune.dataset)
-    ref = Reference(model, state_dict_hash(model.visual), device)
+    evaluation = Evaluation(task.evaluate, task.finetune.splits, FrozenModel(model, state_dict_hash(model.visual), device))
     text = zeroshot_weights(model, target) if model.has_text else None
-    head0 = initial_head("zeroshot" if text is not None else "linear-probe", ref, target, task, text)
+    head0 = initial_head("zeroshot" if text is not None else "linear-probe", evaluation, target, text)
     split = Preprocessed(target.split(task.finetune.train_split), model.preprocess,
                          limit=args.batch * (args.warmup + args.steps + 1))
     model = dataclasses.replace(model, preprocess=passthrough(model.preprocess))

@@ -28,7 +28,7 @@ def main():
             evaluate=dataclasses.replace(base.evaluate, datasets=tuple(d for d in MINI if d != target), drift=()),
             train=dataclasses.replace(base.train, epochs=args.epochs or base.train.epochs))
         t = time.time()
-        rec = run_one(task, "ft", 0, progress=False)
+        rec = run_one(task, "ft", 0, progress=False).to_json()
         m = rec["metrics"]
         print(f"\nft on {target} ({task.train.epochs} epochs, lr {task.train.lr}): target {m['target']['acc']:.1f}% "
               f"(zero-shot {m['target']['acc_reference']:.1f}%), {time.time() - t:.0f}s")

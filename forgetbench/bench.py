@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from .data import ArraySplit, ImageDataset
-from .dryrun import finetune_context
 from .evaluate.probe import zeroshot_weights
 from .features import extract
-from .methods import get_method
+from .heads import Head, zeroshot_head
+from .methods import FinetuneContext, get_method
 from .models import get_model
 from .tasks import TaskSpec
-from .train import Head, finetune
+from .train import finetune
 
 DEFAULT_MODEL = "openclip:ViT-B-32@random"
 N_CLASSES = 10
@@ -67,11 +67,10 @@ def step_times(model, method_name: str, batch: int, steps: int, device: str) -> 
     method = get_method(method_name)()
     task = _task(model.name, batch, steps + 1)
     data = _fake(batch * 2)
-    head = Head(model.feature_dim, N_CLASSES)
-    if model.has_text:  # the zero-shot head a run would start from (methods such as FLYP need the text tower)
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(zeroshot_weights(model, data)).float() * model.logit_scale)
-    ctx = finetune_context(model, method, head.to(device), task, data, device)
+    # the zero-shot head a run would start from (methods such as FLYP need the text tower)
+    head = zeroshot_head(zeroshot_weights(model, data), model.logit_scale, device) if model.has_text else \
+        Head(model.feature_dim, N_CLASSES).to(device)
+    ctx = FinetuneContext.start(model, method, head, task, data, device)
     stamps = []
 
     def on_step(step):

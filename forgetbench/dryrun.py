@@ -10,7 +10,6 @@ checkpoint, and features go to a temporary cache that is deleted.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import os
 import tempfile
@@ -21,11 +20,15 @@ import numpy as np
 from .data import DATASETS, ArraySplit, ImageDataset, get_dataset
 from .data import real
 from .errors import ForgetbenchError
+from .evaluate.evaluation import Evaluation, FrozenModel
 from .features import extract
+from .heads import initial_head
 from .methods import METHODS, FinetuneContext, get_method
-from .models import MODELS, get_model
+from .models import MODELS, get_model, state_dict_hash
 from .models.specs import random_variant, weights_location
+from .protocol import protocol_for
 from .tasks import check_names
+from .train import finetune
 
 FAKE_IMAGE = 32  # pixels; the model's own preprocessing resizes them, exactly as it resizes real images
 
@@ -66,27 +69,8 @@ def fake_dataset(name: str, classnames: list[str], templates: list[str], splits:
                         fingerprint=f"dry-run:{name}:{n}:{seed}")
 
 
-def finetune_context(model, method, head, task, target: ImageDataset, device: str) -> FinetuneContext:
-    """A fresh student (a copy of ``model``'s encoder) with ``head``, as a run sets it up."""
-    student = copy.deepcopy(model.visual)
-    for p in student.parameters():
-        p.requires_grad_(method.trains_encoder)
-    return FinetuneContext(student=student, head=head, reference=model.visual, model=model, task=task, device=device,
-                           head_initial=copy.deepcopy(head.state_dict()), train_dataset=target)
-
-
-def _target_name(task) -> str:
-    sequence = getattr(task, "sequence", None)
-    return task.finetune.dataset or sequence.finetune_datasets()[0]
-
-
 def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed: int = 0, out=print) -> None:
     """Print what a run of ``task`` would use and run one step per method; raise on the first real problem."""
-    from .run import Reference, initial_head  # run imports heavy optional parts; only needed here
-    from .evaluate.probe import zeroshot_weights
-    from .models import state_dict_hash
-    from .train import finetune
-
     check_names(task, DATASETS, MODELS, METHODS)
     for m in methods:
         get_method(m)
@@ -104,7 +88,7 @@ def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed:
     out(f"    built {built_from} in {time.time() - t:.1f}s: {n_params / 1e6:.1f}M encoder parameters, "
         f"{model.feature_dim}-d features, text tower: {'yes' if model.has_text else 'no (zero-shot metrics skipped)'}")
 
-    target_name = _target_name(task)
+    target_name = protocol_for(task).finetune_datasets(task)[0][1]  # the first dataset fine-tuned on
     names = [target_name, *[d for d in task.evaluate.datasets if d != target_name]]
     if any(n in real.by_name() for n in names):
         try:
@@ -123,20 +107,20 @@ def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed:
     out(f"  train: {tr.optimizer} lr {tr.lr:g}, weight decay {tr.weight_decay:g}, batch {tr.batch_size}, {length}, "
         f"warm-up {tr.warmup_steps}, {tr.schedule}, grad clip {tr.grad_clip}; here: one step at batch {batch} on "
         f"{FAKE_IMAGE}px random images (first template only)")
-    splits = tuple(dict.fromkeys((task.finetune.train_split, task.finetune.val_split, task.finetune.test_split)))
+    splits = tuple(dict.fromkeys(task.finetune.splits))
     classes, templates, _ = infos[target_name]
     target = fake_dataset(target_name, classes, templates, splits, n=max(2 * batch, 8), seed=seed)
     one_step = dataclasses.replace(tr, steps=1, epochs=None, batch_size=batch, warmup_steps=0)
     with _scratch_cache():
-        ref = Reference(model, state_dict_hash(model.visual), device)
-        text = zeroshot_weights(model, target) if model.has_text else None
+        evaluation = Evaluation(task.evaluate, task.finetune.splits, FrozenModel(model, state_dict_hash(model.visual),
+                                                                                  device))
         for name in methods:
             method = get_method(name)(**task.params_for(get_method(name).name))
             t = time.time()
             kind = method.head_init or tr.head_init
-            head = initial_head(kind, ref, target, task, text,
+            head = initial_head(kind, evaluation, target, evaluation.class_embeddings(target),
                                 features=lambda ds, split: extract(model.visual, model, ds, split, device))
-            ctx = finetune_context(model, method, head, task, target, device)
+            ctx = FinetuneContext.start(model, method, head, task, target, device)
             log = finetune(ctx, method, one_step, target.split(task.finetune.train_split), seed, progress=False)
             what = f"loss {log.final_loss:.4f}" if log.steps else "no training step (the encoder stays frozen)"
             out(f"  method {method.name}: {kind} head, {what} ({time.time() - t:.1f}s)")

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 from tqdm import tqdm
 
+from .atomic import atomic_write
 from .cache import cache_dir
 from .data.base import ImageDataset
 from .models.base import Model, state_dict_hash
@@ -24,7 +23,9 @@ from .models.base import Model, state_dict_hash
 EXTRACT_BATCH = 256
 
 
-class _Preprocessed(torch.utils.data.Dataset):
+class Preprocessed(torch.utils.data.Dataset):
+    """A split whose images come out preprocessed for the model (what the loaders iterate)."""
+
     def __init__(self, split, preprocess):
         self.split, self.preprocess = split, preprocess
 
@@ -40,11 +41,11 @@ def loader(split, preprocess, batch_size: int, shuffle: bool = False, seed: int 
            drop_last: bool = False, batch_sampler=None) -> torch.utils.data.DataLoader:
     """A DataLoader over a split with the model's preprocessing; shuffling is seeded; a batch sampler overrides it."""
     if batch_sampler is not None:
-        return torch.utils.data.DataLoader(_Preprocessed(split, preprocess), batch_sampler=batch_sampler,
+        return torch.utils.data.DataLoader(Preprocessed(split, preprocess), batch_sampler=batch_sampler,
                                            num_workers=workers, pin_memory=torch.cuda.is_available())
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return torch.utils.data.DataLoader(
-        _Preprocessed(split, preprocess), batch_size=batch_size, shuffle=shuffle, generator=gen,
+        Preprocessed(split, preprocess), batch_size=batch_size, shuffle=shuffle, generator=gen,
         num_workers=workers, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
     )
 
@@ -82,8 +83,5 @@ def cached_extract(visual: torch.nn.Module, model: Model, dataset: ImageDataset,
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
     feats, labels = extract(visual, model, dataset, split, device)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({"features": feats, "labels": labels}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, save({"features": feats, "labels": labels}), durable=False)
     return feats, labels

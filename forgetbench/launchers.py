@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ForgetbenchError, SpecError
+from .records import ResultStore
+from .run import run_one
+from .tasks import TaskSpec
+from .train import TrainOptions
 
 LAUNCHERS = ("local", "slurm")
 
@@ -35,11 +39,6 @@ class RunJob:
 
     def __call__(self) -> str:
         """Run it; returns "complete" or "skipped" (already recorded); a failed run raises, after being logged."""
-        from .results import ResultStore
-        from .run import run_one
-        from .tasks import TaskSpec
-        from .train import TrainOptions
-
         for module in self.imports:
             importlib.import_module(module)
         _export_torch_distributed_env()
@@ -151,7 +150,8 @@ class LocalLauncher:
 
 
 def _child_can_import_forgetbench() -> None:
-    """Submitted jobs start a fresh interpreter: let them import this very forgetbench, installed or not."""
+    """Submitted jobs start a fresh interpreter: put this very forgetbench first on their path (an editable install of
+    a checkout finds its baselines and task files through its install; a plain one is already in site-packages)."""
     root = str(Path(__file__).resolve().parent.parent)
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     if root not in paths:

@@ -1,22 +1,28 @@
 """The Method noun: how a fine-tune is regularised or post-processed. Baselines live in ``baselines/``, one file each.
 
-A method is a class with a ``name``, declared hyper-parameters (``defaults``) and up to four hooks, all optional:
+A method is a class with a ``name``, declared hyper-parameters (``hyperparameters``: name -> ``Param``, each with its
+default and the values it accepts) and up to five hooks, all optional:
 
 - ``setup(ctx)``: once before training; may return extra parameter groups for the optimiser (e.g. learned weights);
 - ``loss(ctx, batch)``: an extra loss term added to the task loss at every step (or None);
 - ``after_step(ctx, step)``: after each optimiser step (e.g. weight averaging);
 - ``finalize(ctx)``: after training, to post-process the fine-tuned weights (e.g. WiSE-FT interpolation);
-- ``batch_sampler(ctx, labels, batch_size, seed)``: how training batches are drawn (default: seeded shuffling).
+- ``batch_sampler(ctx, labels, batch_size, seed)``: how training batches are drawn (default: seeded shuffling);
 
-``ctx`` (``FinetuneContext``) gives the student encoder and head, the frozen reference encoder, the model's text tower,
-the task and the device. Methods never see the training loop, so any method runs under the same protocol.
+and two flags: ``trains_encoder`` (False: the encoder stays frozen, no training step runs) and ``head_init``
+(overrides the task's head initialisation). ``ctx`` (``FinetuneContext``) gives the student encoder and head, the
+frozen encoder the method regularises towards, the model's text tower, the task and the device. Methods
+never see the training loop, so any method runs under the same protocol.
 """
 from __future__ import annotations
 
-import difflib
+import copy
+import importlib
 import importlib.util
+import pkgutil
 import sys
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -25,11 +31,51 @@ from torch import nn
 
 from .errors import SpecError, UnknownNameError
 from .registry import Registry
+from .schema import Check, Choice, Flag, Integer, Number, Problems, Text, hint
 
-#: Every method, by name. Filled by importing ``baselines/`` (and any ``forgetbench.methods`` entry points).
+#: Every method, by name. Filled by importing ``forgetbench.baselines`` (and any ``forgetbench.methods`` entry points).
 METHODS = Registry("method")
+#: The package of the shipped methods (the repository's ``baselines/`` folder, installed under forgetbench).
+BASELINES = "forgetbench.baselines"
 
-BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
+
+@dataclass(frozen=True)
+class Param:
+    """A declared hyper-parameter: its default (which sets its type) and the values it accepts."""
+
+    default: Any
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def check(self) -> Check:
+        if self.choices is not None:
+            return Choice(self.choices)
+        if isinstance(self.default, bool):
+            return Flag()
+        if isinstance(self.default, int):
+            return Integer(ge=self.ge, le=self.le)
+        if isinstance(self.default, float):
+            return Number(ge=self.ge, gt=self.gt, le=self.le, coerce=True)
+        return Text(f"a {type(self.default).__name__}", allow_empty=True) if isinstance(self.default, str) else \
+            _TypeCheck(type(self.default))
+
+    @property
+    def accepts(self) -> str:
+        """What values it takes, in words ("an integer >= 1"), for tables and messages."""
+        return self.check.what
+
+
+class _TypeCheck(Check):
+    """Any value of one Python type (a declared default of a type the reader knows no better check for)."""
+
+    def __init__(self, kind: type):
+        self.kind, self.what = kind, kind.__name__
+
+    def __call__(self, v: Any, path: str, problems: Problems) -> Any:
+        return v if isinstance(v, self.kind) else self.expected(v, path, problems)
 
 
 @dataclass
@@ -40,23 +86,23 @@ class Batch:
     labels: torch.Tensor
     features: torch.Tensor  # student encoder output [B, D]
     logits: torch.Tensor  # head output [B, C]
-    _reference_features: Optional[torch.Tensor] = None
+    _frozen_features: Optional[torch.Tensor] = None
 
-    def reference_features(self, ctx: "FinetuneContext") -> torch.Tensor:
-        """The frozen reference encoder's features of these images (computed once per step, no grad)."""
-        if self._reference_features is None:
+    def frozen_features(self, ctx: "FinetuneContext") -> torch.Tensor:
+        """The frozen encoder's features of these images (computed once per step, no grad)."""
+        if self._frozen_features is None:
             with torch.no_grad():
-                self._reference_features = ctx.reference(self.images).float()
-        return self._reference_features
+                self._frozen_features = ctx.frozen(self.images).float()
+        return self._frozen_features
 
 
 @dataclass
 class FinetuneContext:
-    """What a method may look at and change during one fine-tune."""
+    """What a method may look at and change during one fine-tune. Build it with ``FinetuneContext.start``."""
 
     student: nn.Module  # the image encoder being fine-tuned
     head: nn.Module  # classification head on normalised features
-    reference: nn.Module  # frozen encoder the fine-tune starts from (or the previous step's, in a sequence)
+    frozen: nn.Module  # the frozen encoder the method regularises towards: the pre-trained one, or a sequence's anchor
     model: Any  # forgetbench.models.Model: preprocessing, text tower
     task: Any  # forgetbench.tasks.TaskSpec
     device: str = "cpu"
@@ -64,44 +110,64 @@ class FinetuneContext:
     train_dataset: Any = None  # forgetbench.data.ImageDataset being fine-tuned on
     state: dict = field(default_factory=dict)  # scratch space for methods
 
+    @classmethod
+    def start(cls, model: Any, method: "Method", head: nn.Module, task: Any, train_dataset: Any, device: str,
+              *, student: nn.Module | None = None, frozen: nn.Module | None = None) -> FinetuneContext:
+        """The context of one fine-tune of ``model`` with ``method``: ``student`` (default: a fresh copy of the
+        model's frozen encoder) trains unless the method keeps the encoder frozen; ``frozen``, what the method
+        regularises towards, defaults to the model's own (pre-trained) encoder."""
+        student = copy.deepcopy(model.visual) if student is None else student
+        for p in student.parameters():
+            p.requires_grad_(method.trains_encoder)
+        return cls(student=student, head=head, frozen=model.visual if frozen is None else frozen, model=model,
+                   task=task, device=device, head_initial=copy.deepcopy(head.state_dict()),
+                   train_dataset=train_dataset)
+
 
 class Method:
-    """Base class of every method. Subclasses set ``name`` and ``defaults`` and override the hooks they need."""
+    """Base class of every method. Subclasses set ``name`` and ``hyperparameters`` and override the hooks they need.
+
+    ``defaults`` (name -> default value) is derived from ``hyperparameters``; a method that declares ``defaults``
+    alone (the older form) gets hyper-parameters that check the type of the default only.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    reference: ClassVar[str] = ""
+    citation: ClassVar[str] = ""  # the paper or URL the method follows; the leaderboard shows it
+    hyperparameters: ClassVar[dict[str, Param]] = {}
     defaults: ClassVar[dict[str, Any]] = {}
     #: False: the encoder is frozen and no fine-tuning step runs (linear probing).
     trains_encoder: ClassVar[bool] = True
     #: "zeroshot" or "linear-probe" to override the task's head initialisation; None keeps the task's.
     head_init: ClassVar[Optional[str]] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "hyperparameters" in own:
+            cls.hyperparameters = {k: p if isinstance(p, Param) else Param(p) for k, p in own["hyperparameters"].items()}
+        elif "defaults" in own:
+            cls.hyperparameters = {k: Param(v) for k, v in own["defaults"].items()}
+        cls.defaults = {k: p.default for k, p in cls.hyperparameters.items()}
+        if "reference" in own and "citation" not in own:  # the older name of the citation
+            cls.citation = own["reference"]
+
     def __init__(self, **params):
         self.params = self.check_params(params)
 
     @classmethod
     def check_params(cls, params: dict) -> dict:
-        """Defaults filled in; an undeclared name or a value of the wrong type is a one-line SpecError."""
+        """Defaults filled in; an undeclared name or a value it does not accept is a one-line SpecError."""
         resolved = dict(cls.defaults)
         for key, value in (params or {}).items():
-            if key not in cls.defaults:
-                close = difflib.get_close_matches(key, list(cls.defaults), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                accepted = ", ".join(sorted(cls.defaults)) or "none"
-                raise SpecError(f"method {cls.name!r} has no hyper-parameter {key!r}{hint} (it declares: {accepted})")
-            default = cls.defaults[key]
-            if isinstance(default, bool) or isinstance(value, bool):
-                ok = isinstance(value, bool) and isinstance(default, bool)
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float))
-                value = float(value) if ok else value
-            else:
-                ok = isinstance(value, type(default))
-            if not ok:
-                raise SpecError(f"method {cls.name!r}: hyper-parameter {key!r} must be {type(default).__name__}, "
-                                f"got {value!r}")
-            resolved[key] = value
+            declared = cls.hyperparameters.get(key)
+            if declared is None:
+                accepted = ", ".join(sorted(cls.hyperparameters)) or "none"
+                raise SpecError(f"method {cls.name!r} has no hyper-parameter {key!r}{hint(key, cls.hyperparameters)} "
+                                f"(it declares: {accepted})")
+            problems = Problems(raise_at=lambda path, message: SpecError(
+                f"method {cls.name!r}: hyper-parameter {path!r}: {message}"))
+            resolved[key] = declared.check(value, key, problems)
         return resolved
 
     # ----- hooks (all optional)
@@ -124,10 +190,7 @@ class Method:
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: ``@register`` adds a Method subclass to the registry under its ``name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a non-empty `name`")
-    METHODS.register(cls.name, cls)
-    return cls
+    return METHODS.register_named(cls)
 
 
 _FILE_METHODS: dict[str, list[str]] = {}  # resolved path of a user method file -> the names it registered
@@ -148,26 +211,14 @@ def _import_file(path: Path) -> list[str]:
 
 
 def _load_baselines() -> None:
-    """Import every file in ``baselines/``, then installed plug-ins (entry point group ``forgetbench.methods``)."""
-    as_package = _baselines_is_package()
-    for path in sorted(BASELINES_DIR.glob("*.py")):
-        if path.name.startswith("_"):
-            continue
-        if as_package:
-            importlib.import_module(f"baselines.{path.stem}")
-        else:
-            _import_file(path)
-    from importlib.metadata import entry_points
-
+    """Import every module of the shipped baselines, then installed plug-ins (entry point group
+    ``forgetbench.methods``)."""
+    package = importlib.import_module(BASELINES)
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{BASELINES}.{info.name}")
     for ep in entry_points(group="forgetbench.methods"):
         ep.load()
-
-
-def _baselines_is_package() -> bool:
-    try:
-        return importlib.util.find_spec("baselines") is not None and (BASELINES_DIR / "__init__.py").exists()
-    except (ImportError, ValueError):
-        return False
 
 
 METHODS.add_loader(_load_baselines)

@@ -1,4 +1,4 @@
-"""One small registry used by all five nouns (datasets, models, methods, tasks, result renderers)."""
+"""One small registry used by every kind of named thing: datasets, models, methods, tasks, protocols, drift metrics."""
 from __future__ import annotations
 
 import difflib
@@ -26,6 +26,12 @@ class Registry:
 
         return add(obj) if obj is not None else add
 
+    def register_named(self, cls: Any) -> Any:
+        """Class decorator: register ``cls`` under its own (non-empty) ``name`` attribute."""
+        if not getattr(cls, "name", ""):
+            raise ValueError(f"{cls.__name__} needs a non-empty `name`")
+        return self.register(cls.name, cls)
+
     def add_loader(self, loader: Callable[[], None]) -> None:
         """A callable run once, on first lookup, that fills the registry (lazy imports)."""
         self._loaders.append(loader)
@@ -46,6 +52,11 @@ class Registry:
     def names(self) -> list[str]:
         self._load()
         return sorted(self._items)
+
+    def entries(self) -> list[Any]:
+        """The registered objects in the order they were registered."""
+        self._load()
+        return list(self._items.values())
 
     def __contains__(self, name: str) -> bool:
         self._load()

@@ -13,14 +13,13 @@ import binascii
 import json
 import os
 import re
-import tempfile
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import SpecError
-from .results import (ResultStore, _fsync_dir, _line, _locked_append_fd, _parse_lines, _read_all, record_problems)
+from .records import ResultStore, record_problems
+from .records.store import StoredMeanwhile
 
 #: Larger files are refused unread: a results file of thousands of runs is a few MiB.
 MAX_BYTES = 64 << 20
@@ -206,12 +205,6 @@ def read_submission(path: str | os.PathLike) -> Submission:
 
 # ------------------------------------------------------------------------------------------------------ checking
 
-def _stored(store: ResultStore, task: str) -> dict[str, tuple[int, dict]]:
-    path = store.path(task)
-    return {obj["run_id"]: (lineno, obj) for lineno, obj in _parse_lines(store._read(path), path, warn=False)
-            if isinstance(obj.get("run_id"), str)}
-
-
 def check_submission(path: str | os.PathLike, results: str | os.PathLike | None = None) -> Submission:
     """Read and check every record of a submission; with ``results``, also against the runs stored there.
 
@@ -241,7 +234,7 @@ def check_submission(path: str | os.PathLike, results: str | os.PathLike | None 
     if results is None or sub.problems:
         return sub
     store = ResultStore(results)
-    stored = {t: _stored(store, t) for t in sorted({r["task"]["name"] for _, r in good})}
+    stored = {t: store.stored(t) for t in sorted({r["task"]["name"] for _, r in good})}
     fresh = []
     for lineno, rec in good:
         old = stored[rec["task"]["name"]].get(rec["run_id"])
@@ -262,60 +255,17 @@ def check_submission(path: str | os.PathLike, results: str | os.PathLike | None 
 def submit(path: str | os.PathLike, results: str | os.PathLike = "results") -> MergeResult:
     """Check a submission and append its records to ``results/<task>.jsonl``; raise SubmissionError on any problem.
 
-    All or nothing: every affected results file is locked (the lock ``ResultStore.append`` takes), checked again
-    under the lock, written to a temporary file beside it and only then swapped in; on refusal or error the results
-    folder is left byte for byte as it was. Existing lines, even corrupt ones, are kept as they are.
+    All or nothing (``ResultStore.merge``): on refusal or error the results folder is left byte for byte as it was.
     """
     sub = check_submission(path, results)
     if sub.problems:
         raise SubmissionError(sub.problems)
-    store = ResultStore(results)
-    by_path: dict[Path, list[tuple[int, dict]]] = {}
+    by_task: dict[str, list[tuple[int, dict]]] = {}
     for lineno, rec in sub.records:
-        by_path.setdefault(store.path(rec["task"]["name"]), []).append((lineno, rec))
-    if by_path:
-        _merge(by_path, str(path))
-    return MergeResult({p: len(v) for p, v in sorted(by_path.items())}, sub.already_stored)
-
-
-def _merge(by_path: dict[Path, list[tuple[int, dict]]], source: str) -> None:
-    paths = sorted(by_path)  # one lock order for every merger: no deadlock between two submissions
-    created = [p for p in paths if not p.exists()]
-    root_created = not paths[0].parent.exists()
-    temps: list[str] = []
+        by_task.setdefault(rec["task"]["name"], []).append((lineno, rec))
     try:
-        with ExitStack() as locks:
-            fds = {p: locks.enter_context(_locked_append_fd(p)) for p in paths}
-            contents = {}
-            for p in paths:
-                data = _read_all(fds[p])
-                stored = {obj.get("run_id") for _, obj in _parse_lines(data, p, warn=False)}
-                clash = [(n, r) for n, r in by_path[p] if r["run_id"] in stored]
-                if clash:  # a concurrent run or submission stored it after our check
-                    n, r = clash[0]
-                    raise SubmissionError([Problem(source, n, "run_id", f"run {r['run_id']} was stored in {p} "
-                                                                        "while this submission was being merged")])
-                if data and not data.endswith(b"\n"):
-                    data += b"\n"  # a crashed writer's partial line stays, on its own line
-                contents[p] = data + b"".join(_line(r, f"record on line {n}") for n, r in by_path[p])
-            for p in paths:
-                tmp = tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp", delete=False)
-                temps.append(tmp.name)
-                with tmp:
-                    tmp.write(contents[p])
-                    tmp.flush()
-                    os.fsync(tmp.fileno())
-                os.chmod(tmp.name, 0o644)
-            for p, tmp in zip(paths, temps):
-                os.replace(tmp, p)
-            temps.clear()
-            _fsync_dir(paths[0].parent)
-    except BaseException:
-        for tmp in temps:
-            Path(tmp).unlink(missing_ok=True)
-        for p in created:  # the lock created an empty file; a refused submission leaves no trace
-            if p.exists() and p.stat().st_size == 0:
-                p.unlink()
-        if root_created and not any(paths[0].parent.iterdir()):
-            paths[0].parent.rmdir()
-        raise
+        added = ResultStore(results).merge(by_task)
+    except StoredMeanwhile as e:  # a concurrent run or submission stored it after the check
+        raise SubmissionError([Problem(str(path), e.line, "run_id", f"run {e.run_id} was stored in {e.path} while "
+                                                                    "this submission was being merged")]) from None
+    return MergeResult(added, sub.already_stored)

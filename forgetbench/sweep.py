@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import SpecError
 from .methods import Method, get_method
-from .results import ResultStore, run_id
+from .records import ResultStore, run_id
 
 _KEY = re.compile(r"(?:(?P<method>[A-Za-z0-9][\w.-]*)\.)?(?P<param>[A-Za-z_]\w*)")
 

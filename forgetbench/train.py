@@ -25,18 +25,11 @@ from . import distributed
 from .checkpoint import Checkpointer, capture, load_object_state, object_state, restore, rng_state, set_rng_state
 from .data.base import split_labels
 from .errors import DivergenceError, ResourceError, SpecError
-from .features import _Preprocessed
+from .features import Preprocessed
 from .methods import Batch, FinetuneContext, Method
 
 log = logging.getLogger("forgetbench")
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
-class Head(nn.Linear):
-    """Linear classifier on L2-normalised features (CLIP zero-shot heads have this form)."""
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.normalize(features, dim=-1))
 
 
 def seed_everything(seed: int) -> None:
@@ -191,9 +184,9 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
     run_step = _Step(ctx, method, torch.compile(ctx.student) if options.compile else ctx.student, train_spec,
                      options, world)
     pin = options.pin_memory if options.pin_memory is not None else ctx.device.startswith("cuda")
-    dataset = _Preprocessed(split, ctx.model.preprocess)
+    dataset = Preprocessed(split, ctx.model.preprocess)
     labels = split_labels(split)
-    saved_elsewhere = {id(m) for m in (ctx.student, ctx.head, ctx.reference, ctx)}
+    saved_elsewhere = {id(m) for m in (ctx.student, ctx.head, ctx.frozen, ctx)}
 
     def skip(value) -> bool:
         return id(value) in saved_elsewhere

@@ -1,5 +1,6 @@
 """A tiny task for pipeline tests: two small mini-world datasets, a few steps; seconds instead of minutes."""
 from forgetbench.data import DATASETS, ArraySplit, ImageDataset, mini
+from forgetbench.records import CheckpointHeldout, summarize_heldout
 from forgetbench.tasks import TaskSpec
 
 SIZES = {"train": 96, "val": 48, "test": 64}
@@ -28,3 +29,11 @@ def tiny_task(steps=3, methods=("ft",), drift=("l2", "kernel", "otdd"), **train)
         "train": {"lr": 1e-3, "batch_size": 32, "steps": steps, "warmup_steps": 1, "grad_clip": 1.0, **train},
         "methods": list(methods), "seeds": [0],
     })
+
+
+RESULT_SCHEMA = "forgetbench.result/1"  # the schema of a fine-tune's record, as it is on disk
+
+
+def summary_of(heldout: dict, weight_drift=None) -> dict:
+    """``summarize_heldout`` of held-out metrics written as plain dicts (as a record holds them)."""
+    return summarize_heldout({name: CheckpointHeldout(**m) for name, m in heldout.items()}, weight_drift=weight_drift)

@@ -8,12 +8,15 @@ import torch
 from forgetbench.cli import main
 from forgetbench.data import DATASETS, get_dataset
 from forgetbench.errors import SpecError
-from forgetbench.evaluate.absent import seen_mask, seen_view
+from forgetbench.evaluate.evaluation import Evaluation, FrozenModel
 from forgetbench.evaluate.probe import zeroshot_weights
+from forgetbench.heads import initial_head
 from forgetbench.methods import METHODS
 from forgetbench.models import MODELS
-from forgetbench.results import validate_record
-from forgetbench.run import build_reference, initial_head, run_one
+from forgetbench.protocol import protocol_for
+from forgetbench.protocols.absent import seen_mask
+from forgetbench.records import parse_record
+from forgetbench.run import run_one
 from forgetbench.tasks import TaskSpec, check_names, load_task_text
 
 from pipeline_helpers import tiny_task
@@ -61,7 +64,7 @@ def test_the_fine_tune_sees_only_seen_classes_with_their_original_labels():
     task, ds = absent_task(), get_dataset("test/shapes")
     mask = seen_mask(task, ds)
     assert [ds.classnames[i] for i in np.flatnonzero(mask)] == SEEN
-    view = seen_view(task, ds)
+    view = protocol_for(task).training_view(task, ds)
     full = ds.labels("train")
     assert view.labels("train").tolist() == [y for y in full if mask[y]]
     assert view.classnames == ds.classnames  # the head still spans every class
@@ -69,9 +72,10 @@ def test_the_fine_tune_sees_only_seen_classes_with_their_original_labels():
 
 def test_a_probe_head_keeps_zero_shot_rows_for_absent_classes():
     task, ds = absent_task(), get_dataset("test/shapes")
-    ref = build_reference(task, "cpu")
+    ref = FrozenModel.load(task.model, "cpu")
     text = zeroshot_weights(ref.model, ds)
-    head = initial_head("linear-probe", ref, seen_view(task, ds), task, text)
+    head = initial_head("linear-probe", Evaluation(task.evaluate, task.finetune.splits, ref),
+                        protocol_for(task).training_view(task, ds), text)
     mask = seen_mask(task, ds)
     zeroshot = torch.from_numpy(text).float() * ref.model.logit_scale
     assert torch.equal(head.weight[~torch.from_numpy(mask)], zeroshot[~mask])
@@ -80,8 +84,7 @@ def test_a_probe_head_keeps_zero_shot_rows_for_absent_classes():
 
 
 def test_zero_steps_give_the_pre_trained_numbers():
-    record = run_one(absent_task(steps=0), "ft", 0, progress=False)
-    validate_record(record)
+    record = parse_record(run_one(absent_task(steps=0), "ft", 0, progress=False).to_json()).to_json()  # valid
     absent = record["metrics"]["absent"]
     assert absent["seen_classes"] == SEEN
     reference = absent.pop("reference")
@@ -89,13 +92,13 @@ def test_zero_steps_give_the_pre_trained_numbers():
     assert absent == reference  # same encoder, same zero-shot head: every number identical
     assert record["metrics"]["target"]["acc"] == absent["acc"]["all_all"]
     record["metrics"]["absent"].update(reference=reference, ausuc=1.5)
-    with pytest.raises(SpecError, match=r"metrics.absent.ausuc must be in \[0, 1\]"):
-        validate_record(record)
+    with pytest.raises(SpecError, match=r"metrics.absent.ausuc: expected a number in \[0, 1\]"):
+        parse_record(record)
 
 
 def test_the_calibrate_method_equals_fine_tuning_plus_the_calibration_of_the_evaluation():
-    ft = run_one(absent_task(steps=4), "ft", 0, progress=False)["metrics"]["absent"]
-    cal = run_one(absent_task(steps=4), "calibrate", 0, progress=False)
+    ft = run_one(absent_task(steps=4), "ft", 0, progress=False).to_json()["metrics"]["absent"]
+    cal = run_one(absent_task(steps=4), "calibrate", 0, progress=False).to_json()
     assert cal["method"]["state"]["calibrate_gamma"] == pytest.approx(ft["gamma"], rel=1e-5)
     assert cal["metrics"]["absent"]["acc"] == pytest.approx(ft["calibrated"])
     assert cal["metrics"]["absent"]["ausuc"] == pytest.approx(ft["ausuc"])  # a constant bias moves along the curve

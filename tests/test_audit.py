@@ -33,7 +33,7 @@ def finetuned(tmp_path_factory):
     """A tiny forgetbench run (3 steps of ft) that saved its fine-tuned encoder: (task, record, weights file)."""
     out = tmp_path_factory.mktemp("weights")
     task = tiny_task(steps=3)
-    record = run_one(task, "ft", 0, progress=False, weights_dir=out)
+    record = run_one(task, "ft", 0, progress=False, weights_dir=out).to_json()
     return task, record, weights_path(out, task.name, "ft", 0, record["run_id"])
 
 

@@ -11,9 +11,11 @@ import pytest
 from scipy import stats
 
 from forgetbench.errors import SpecError
+from forgetbench.records import parse_record, run_id
 from forgetbench.report.correlation import correlation_markdown, correlations, points
 from forgetbench.report.plots import plot_correlation, plot_trajectories
-from forgetbench.results import RESULT_SCHEMA, run_id, summarize_heldout, validate_record
+
+from pipeline_helpers import RESULT_SCHEMA, summary_of
 
 DATASETS = ["mini/colour", "mini/texture", "mini/position"]
 METHODS = [("ft", {}), ("l2sp", {"alpha": 0.5}), ("ldifs", {"alpha": 10}), ("wise", {"mix": 0.5})]
@@ -34,8 +36,8 @@ def heldout_block(rng, noise=0.05, kernel=True):
     return out
 
 
-def make_records(seed=0, checkpoints=(), kernel=True):
-    """8 runs (4 methods x 2 seeds) over 3 held-out datasets; optional trajectory at ``checkpoints`` steps."""
+def make_raw(seed=0, checkpoints=(), kernel=True):
+    """8 runs (4 methods x 2 seeds) over 3 held-out datasets as JSON; optional trajectory at ``checkpoints`` steps."""
     rng = np.random.default_rng(seed)
     records = []
     for method, params in METHODS:
@@ -47,7 +49,7 @@ def make_records(seed=0, checkpoints=(), kernel=True):
                 "method": {"name": method, "params": params, "reference": None},
                 "seed": s, "model": {"name": "mini-clip", "weights_sha256": None},
                 "metrics": {"target": {"dataset": "mini/shapes", "acc": 90.0, "acc_reference": 60.0, "gain": 30.0},
-                            "heldout": heldout, "summary": summarize_heldout(heldout, weight_drift=0.5)},
+                            "heldout": heldout, "summary": summary_of(heldout, weight_drift=0.5)},
                 "training": {"steps": FINAL_STEP},
                 "timings": {"finetune_s": 1.0, "evaluate_s": 1.0, "total_s": 2.0}, "provenance": {},
             }
@@ -55,21 +57,25 @@ def make_records(seed=0, checkpoints=(), kernel=True):
                 traj = []
                 for step in checkpoints:
                     h = {d: {"delta_lp": m["delta_lp"], "drift": m["drift"]} for d, m in heldout_block(rng).items()}
-                    traj.append({"step": step, "heldout": h, "summary": summarize_heldout(h)})
+                    traj.append({"step": step, "heldout": h, "summary": summary_of(h)})
                 rec["trajectory"] = traj
-            validate_record(rec)  # the synthetic records are real records
             records.append(rec)
     return records
+
+
+def make_records(seed=0, checkpoints=(), kernel=True):
+    """The same runs as typed records (the synthetic records are real records)."""
+    return [parse_record(r) for r in make_raw(seed, checkpoints, kernel)]
 
 
 def pairs(records, drift):
     """(drift, delta_lp) of every (run, dataset) straight from the records, independent of ``points``."""
     xs, ys = [], []
     for r in records:
-        for m in r["metrics"]["heldout"].values():
-            if m.get("drift", {}).get(drift) is not None:
-                xs.append(m["drift"][drift])
-                ys.append(m["delta_lp"])
+        for m in r.metrics.heldout.values():
+            if (m.drift or {}).get(drift) is not None:
+                xs.append(m.drift[drift])
+                ys.append(m.delta_lp)
     return np.array(xs), np.array(ys)
 
 
@@ -83,11 +89,11 @@ def test_points_one_row_per_run_and_dataset():
             "l2", "otdd", "kernel"} <= set(df.columns)
     assert df.groupby("run_id").size().eq(3).all()
     r = recs[5]  # ldifs seed 1
-    row = df[(df.run_id == r["run_id"]) & (df.dataset == "mini/texture")].iloc[0]
-    m = r["metrics"]["heldout"]["mini/texture"]
+    row = df[(df.run_id == r.run_id) & (df.dataset == "mini/texture")].iloc[0]
+    m = r.metrics.heldout["mini/texture"]
     assert (row.method, row.params, row.seed, row.step) == ("ldifs", "alpha=10", 1, FINAL_STEP)
-    assert (row.delta_lp, row.otdd, row.l2, row.kernel) == (m["delta_lp"], m["drift"]["otdd"],
-                                                           m["drift"]["l2"], m["drift"]["kernel"])
+    assert (row.delta_lp, row.otdd, row.l2, row.kernel) == (m.delta_lp, m.drift["otdd"], m.drift["l2"],
+                                                           m.drift["kernel"])
     assert row.final and row.delta_zs == -1.0 and row.weight_drift == 0.5
 
 
@@ -106,23 +112,22 @@ def test_per_checkpoint_adds_rows_but_not_step0_or_final_duplicates():
     assert len(df) == 24 + 2 * 24  # steps 25 and 50; step 0 is the pre-trained model, 100 is the final row
     assert sorted(df["step"].unique()) == [25, 50, FINAL_STEP]
     assert df[df.step == FINAL_STEP]["final"].all() and not df[df.step != FINAL_STEP]["final"].any()
-    cp = recs[0]["trajectory"][1]
-    row = df[(df.run_id == recs[0]["run_id"]) & (df.step == 25) & (df.dataset == "mini/colour")].iloc[0]
-    assert row.delta_lp == cp["heldout"]["mini/colour"]["delta_lp"]
+    cp = recs[0].trajectory[1]
+    row = df[(df.run_id == recs[0].run_id) & (df.step == 25) & (df.dataset == "mini/colour")].iloc[0]
+    assert row.delta_lp == cp.heldout["mini/colour"].delta_lp
     assert math.isnan(row.delta_zs)  # checkpoints carry no zero-shot numbers here
     unit = correlations(df, n_boot=0)["unit"].iloc[0]
     assert "checkpoint" in unit and "72 points" in unit
 
 
 def test_bad_records_give_clear_errors():
-    recs = make_records()
-    del recs[2]["metrics"]["heldout"]
-    with pytest.raises(SpecError, match=r"record 2 .*metrics\.heldout is missing"):
-        points(recs)
-    recs = make_records()
-    recs[1]["metrics"]["heldout"]["mini/colour"]["drift"]["otdd"] = "big"
-    with pytest.raises(SpecError, match=r"mini/colour\.drift\.otdd must be a number"):
-        points(recs)
+    raw = make_raw()
+    del raw[2]["metrics"]["heldout"]
+    with pytest.raises(SpecError, match=r"metrics\.heldout: missing required field"):
+        parse_record(raw[2])
+    raw[1]["metrics"]["heldout"]["mini/colour"]["drift"]["otdd"] = "big"
+    with pytest.raises(SpecError, match=r"mini/colour\.drift\.otdd: expected a number, got 'big'"):
+        parse_record(raw[1])
     recs = make_records()
     with pytest.raises(SpecError, match="same run_id"):
         points(recs + recs[:1])
@@ -182,10 +187,13 @@ def test_bootstrap_ci_agrees_with_scipy_bootstrap():
 
 
 def test_missing_drift_is_nan_and_skipped():
-    recs = make_records(kernel=False)
-    for r in recs[:3]:
+    raw = make_raw(kernel=False)
+    for r in raw[:3]:
         del r["metrics"]["heldout"]["mini/colour"]["drift"]["otdd"]
-    del recs[5]["metrics"]["heldout"]["mini/position"]["drift"]
+        r["metrics"]["summary"] = summary_of(r["metrics"]["heldout"], weight_drift=0.5)
+    del raw[5]["metrics"]["heldout"]["mini/position"]["drift"]
+    raw[5]["metrics"]["summary"] = summary_of(raw[5]["metrics"]["heldout"], weight_drift=0.5)
+    recs = [parse_record(r) for r in raw]
     df = points(recs)
     assert df["kernel"].isna().all()
     assert df["otdd"].isna().sum() == 4 and df["l2"].isna().sum() == 1
@@ -240,19 +248,19 @@ def test_plot_correlation_files_and_determinism(tmp_path):
 
 
 def test_plot_correlation_without_drift_is_an_error(tmp_path):
-    recs = make_records()
-    for r in recs:
+    raw = make_raw()
+    for r in raw:
         for m in r["metrics"]["heldout"].values():
             del m["drift"]
+        r["metrics"]["summary"] = summary_of(r["metrics"]["heldout"], weight_drift=0.5)
     with pytest.raises(SpecError, match="no record has a drift metric"):
-        plot_correlation(recs, tmp_path / "x")
+        plot_correlation([parse_record(r) for r in raw], tmp_path / "x")
 
 
 def test_plot_trajectories(tmp_path):
     with pytest.raises(ValueError, match="no record has a trajectory; run a task with evaluate.checkpoints > 0"):
         plot_trajectories(make_records(), tmp_path / "t")
     recs = make_records(checkpoints=(0, 25, 50)) + make_records(seed=1)[:1]  # one run without trajectory is ignored
-    recs[-1]["run_id"] = "f" * 16
     png, svg = plot_trajectories(recs, tmp_path / "traj" / "t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.stat().st_size > 1000
     png2, svg2 = plot_trajectories(recs, tmp_path / "again" / "t")

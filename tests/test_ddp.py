@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from forgetbench import distributed
-from forgetbench.results import ResultStore
+from forgetbench.records import ResultStore
 from forgetbench.run import run_one
 
 from pipeline_helpers import tiny_task
@@ -27,7 +27,7 @@ from forgetbench.methods import Method, register
 class SaveFT(Method):
     """Plain fine-tuning that saves the final encoder and head (rank 0 only) where the test says."""
     name = "test-save-ft"
-    reference = "test method"
+    citation = "test method"
 
     def finalize(self, ctx):
         if os.environ.get("RANK", "0") == "0":
@@ -73,11 +73,11 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
          "--device", "cpu", "--micro-batch", "8", "--quiet"],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (record,) = ResultStore(results).load()  # written once, by rank 0
+    (record,) = [r.to_json() for r in ResultStore(results).load()]  # written once, by rank 0
     assert record["provenance"]["execution"] == {"processes": 2, "micro_batch": 8}
 
     monkeypatch.setenv("FB_TEST_WEIGHTS", str(tmp_path / "single.safetensors"))
-    single_record = run_one(task, str(method_file), 0, progress=False, device="cpu")
+    single_record = run_one(task, str(method_file), 0, progress=False, device="cpu").to_json()
     ddp, single = load_file(tmp_path / "ddp.safetensors"), load_file(tmp_path / "single.safetensors")
     assert ddp.keys() == single.keys()
     for key in single:
@@ -92,9 +92,9 @@ def test_execution_options_do_not_change_the_fine_tune():
     from forgetbench.train import TrainOptions
 
     task = tiny_task(steps=2, drift=())
-    plain = run_one(task, "ft", 0, progress=False)
+    plain = run_one(task, "ft", 0, progress=False).to_json()
     tuned = run_one(task, "ft", 0, progress=False,
-                    options=TrainOptions(micro_batch=12, channels_last=True, workers=1))
+                    options=TrainOptions(micro_batch=12, channels_last=True, workers=1)).to_json()
     assert tuned["provenance"]["execution"] == {"micro_batch": 12, "channels_last": True, "workers": 1}
     assert tuned["training"]["final_loss"] == pytest.approx(plain["training"]["final_loss"], rel=1e-5)
     assert tuned["metrics"]["summary"]["weight_drift"] == pytest.approx(

@@ -15,7 +15,7 @@ from forgetbench.data import DATASETS, ImageDataset
 from forgetbench.errors import DataError, DivergenceError, ResourceError, WeightsError
 from forgetbench.methods import METHODS, Method, register
 from forgetbench.models import mini_clip
-from forgetbench.results import ResultStore, run_id
+from forgetbench.records import ResultStore, run_id
 from forgetbench.run import run_one
 from forgetbench.train import OutOfMemoryError, TrainOptions
 
@@ -34,7 +34,7 @@ class SmallGPU(Method):
     """Plain fine-tuning on a GPU that runs out of memory above MAX_FITTING images per forward pass."""
 
     name = "test-small-gpu"
-    reference = "test method"
+    citation = "test method"
 
     def loss(self, ctx, batch):
         if len(batch.images) > MAX_FITTING:
@@ -44,7 +44,7 @@ class SmallGPU(Method):
 
 class Exploding(Method):
     name = "test-nan-at-step-2"
-    reference = "test method"
+    citation = "test method"
 
     def after_step(self, ctx, step):
         ctx.state["step"] = step
@@ -65,18 +65,18 @@ def test_out_of_memory_halves_the_micro_batch_and_gives_the_accumulated_result(t
     task = tiny_task(steps=2, drift=())  # batches of 32: 32 -> 16 -> 8 fits
     store = ResultStore(tmp_path)
     with caplog.at_level(logging.WARNING, logger="forgetbench"):
-        record = run_one(task, name, 0, store, progress=False)
+        record = run_one(task, name, 0, store, progress=False).to_json()
     assert record["training"]["oom_halvings"] == [1, 1] and record["training"]["micro_batch"] == MAX_FITTING
     assert [r.getMessage() for r in caplog.records if "out of GPU memory" in r.getMessage()] == [
         "out of GPU memory at step 1: micro-batch halved to 16 (gradient accumulation keeps the batch size at 32)",
         "out of GPU memory at step 1: micro-batch halved to 8 (gradient accumulation keeps the batch size at 32)"]
-    assert store.load() == [record] and store.failures() == []
+    assert [r.to_json() for r in store.load()] == [record] and store.failures() == []
     # the same as asking for micro-batches of 8 from the start (the failed attempts changed nothing) ...
-    planned = run_one(task, name, 0, progress=False, options=TrainOptions(micro_batch=MAX_FITTING))
+    planned = run_one(task, name, 0, progress=False, options=TrainOptions(micro_batch=MAX_FITTING)).to_json()
     assert planned["metrics"] == record["metrics"]
     assert planned["training"]["final_loss"] == record["training"]["final_loss"]
     # ... and, up to the order of floating-point sums, as the whole batch at once on a GPU that is big enough
-    whole = run_one(task, "ft", 0, progress=False)
+    whole = run_one(task, "ft", 0, progress=False).to_json()
     assert record["training"]["final_loss"] == pytest.approx(whole["training"]["final_loss"], rel=1e-5)
     assert record["metrics"]["summary"]["weight_drift"] == pytest.approx(
         whole["metrics"]["summary"]["weight_drift"], rel=1e-4)

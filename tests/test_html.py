@@ -12,7 +12,9 @@ from forgetbench.cli import main
 from forgetbench.report.browser import dump_dom, find_chromium
 from forgetbench.report.html import render_leaderboard_html
 from forgetbench.report.leaderboard import render_leaderboard
-from forgetbench.results import RESULT_SCHEMA, run_id, summarize_heldout
+from forgetbench.records import parse_record, run_id
+
+from pipeline_helpers import RESULT_SCHEMA, summary_of
 
 SPEC = {"seeds": [0, 1, 2]}  # the task asks for three seeds
 
@@ -21,15 +23,15 @@ def rec(method, seed, dlps, params=None, acc=80.0):
     params = params or {}
     heldout = {f"mini/h{i}": {"lp": 50.0 + d, "lp_reference": 50.0, "delta_lp": d, "drift": {"l2": 0.1 * (i + 1)}}
                for i, d in enumerate(dlps)}
-    return {
+    return parse_record({
         "schema": RESULT_SCHEMA, "run_id": run_id("mini-x", 1, method, params, seed), "status": "complete",
         "task": {"name": "mini-x", "version": 1, "spec": SPEC},
         "method": {"name": method, "params": params, "reference": f"<{method}> et al. & co"},
         "seed": seed, "model": {"name": "mini-clip", "weights_sha256": None},
         "metrics": {"target": {"dataset": "mini/shapes", "acc": acc, "acc_reference": 60.0, "gain": acc - 60.0},
-                    "heldout": heldout, "summary": summarize_heldout(heldout)},
+                    "heldout": heldout, "summary": summary_of(heldout)},
         "timings": {"finetune_s": 1.0, "evaluate_s": 1.0, "total_s": 2.0}, "provenance": {},
-    }
+    })
 
 
 RUNS = [rec("ft", s, [-4.0 - s, -2.0]) for s in range(3)] + \
@@ -123,7 +125,7 @@ def test_page_is_self_contained_escaped_and_deterministic(tmp_path):
 
 
 def test_cli_writes_markdown_and_html_beside_it(tmp_path, capsys):
-    from forgetbench.results import ResultStore
+    from forgetbench.records import ResultStore
 
     store = ResultStore(tmp_path / "results")
     for r in RUNS:

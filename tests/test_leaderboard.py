@@ -7,8 +7,10 @@ import statistics
 import pytest
 
 from forgetbench.errors import SpecError
+from forgetbench.records import parse_record, run_id
 from forgetbench.report.leaderboard import render_leaderboard, write_leaderboard
-from forgetbench.results import RESULT_SCHEMA, run_id, summarize_heldout
+
+from pipeline_helpers import RESULT_SCHEMA, summary_of
 
 
 def rec(method, seed, acc, dlps, params=None, task="mini-shapes", version=1, dzs=None, drift=None, spec=None):
@@ -28,9 +30,14 @@ def rec(method, seed, acc, dlps, params=None, task="mini-shapes", version=1, dzs
         "method": {"name": method, "params": params, "reference": f"ref-{method}"},
         "seed": seed, "model": {"name": "mini-clip", "weights_sha256": None},
         "metrics": {"target": {"dataset": "mini/shapes", "acc": acc, "acc_reference": 60.0, "gain": acc - 60.0},
-                    "heldout": heldout, "summary": summarize_heldout(heldout)},
+                    "heldout": heldout, "summary": summary_of(heldout)},
         "timings": {"finetune_s": 1.0, "evaluate_s": 1.0, "total_s": 2.0}, "provenance": {},
     }
+
+
+def render(records) -> str:
+    """The leaderboard of records given as JSON."""
+    return render_leaderboard([parse_record(r) for r in records])
 
 
 def table_rows(md: str, task_heading: str) -> list[dict[str, str]]:
@@ -57,7 +64,7 @@ RUNS = [
 
 
 def test_mean_std_worst_and_ranking():
-    rows = table_rows(render_leaderboard(RUNS), "## mini-shapes (version 1)")
+    rows = table_rows(render(RUNS), "## mini-shapes (version 1)")
     by = {(r["Method"], r["Params"]): r for r in rows}
     ft = [r for r in RUNS if r["method"]["name"] == "ft"]
     accs = [r["metrics"]["target"]["acc"] for r in ft]
@@ -78,7 +85,7 @@ def test_mean_std_worst_and_ranking():
 
 
 def test_single_seed_has_no_std():
-    rows = table_rows(render_leaderboard(RUNS), "## mini-shapes (version 1)")
+    rows = table_rows(render(RUNS), "## mini-shapes (version 1)")
     wise = next(r for r in rows if r["Method"] == "wise")
     assert wise["Target acc"] == "88.00" and wise["ΔLP"] == "-2.00" and "±" not in wise["ΔLP"]
 
@@ -87,7 +94,7 @@ def test_zero_shot_and_drift_columns():
     runs = [rec("ft", 0, 90.0, [-2.0, -4.0], dzs=[-5.0, -7.0], drift=[0.1, 0.3]),
             rec("ft", 1, 92.0, [-1.0, -3.0], dzs=[-6.0, -2.0], drift=[0.2, 0.2]),
             rec("lp", 0, 80.0, [0.0, 0.0])]  # no text tower, no drift: blank cells
-    rows = table_rows(render_leaderboard(runs), "## mini-shapes (version 1)")
+    rows = table_rows(render(runs), "## mini-shapes (version 1)")
     ft, lp = rows[1], rows[0]
     zs_means = [statistics.mean([-5.0, -7.0]), statistics.mean([-6.0, -2.0])]
     assert ft["ΔZS"] == f"{statistics.mean(zs_means):+.2f} ± {statistics.stdev(zs_means):.2f}"
@@ -99,7 +106,7 @@ def test_zero_shot_and_drift_columns():
 def test_only_latest_version_ranked_and_task_note():
     spec = {"finetune": {"dataset": "mini/shapes"}, "heldout": ["mini/colours", "mini/bg"]}
     runs = RUNS + [rec("ft", 0, 99.0, [5.0], version=2, spec=spec), rec("b", 0, 50.0, [1.0], task="a-task")]
-    md = render_leaderboard(runs)
+    md = render(runs)
     assert md.index("## a-task (version 1)") < md.index("## mini-shapes (version 2)")  # tasks sorted by name
     assert "## mini-shapes (version 1)" not in md
     rows = table_rows(md, "## mini-shapes (version 2)")
@@ -112,25 +119,25 @@ def test_only_latest_version_ranked_and_task_note():
 def test_deterministic_and_order_independent(tmp_path):
     shuffled = RUNS[:]
     random.Random(0).shuffle(shuffled)
-    assert render_leaderboard(shuffled) == render_leaderboard(RUNS)
-    write_leaderboard(RUNS, tmp_path / "a.md")
-    write_leaderboard(shuffled, tmp_path / "b.md")
+    assert render(shuffled) == render(RUNS)
+    write_leaderboard([parse_record(r) for r in RUNS], tmp_path / "a.md")
+    write_leaderboard([parse_record(r) for r in shuffled], tmp_path / "b.md")
     assert (tmp_path / "a.md").read_bytes() == (tmp_path / "b.md").read_bytes()
-    assert (tmp_path / "a.md").read_text(encoding="utf-8") == render_leaderboard(RUNS)
+    assert (tmp_path / "a.md").read_text(encoding="utf-8") == render(RUNS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.md", "b.md"]  # no temp files left
 
 
 def test_bad_or_conflicting_records_refused():
     bad = rec("ft", 0, 90.0, [-1.0])
     del bad["metrics"]["summary"]
-    with pytest.raises(SpecError, match="metrics.summary is missing"):
-        render_leaderboard([bad])
+    with pytest.raises(SpecError, match="metrics.summary: missing required field"):
+        render([bad])
     a = rec("ft", 0, 90.0, [-1.0])
     b = rec("ft", 0, 91.0, [-1.0])
-    assert render_leaderboard([a, a]) == render_leaderboard([a])  # exact duplicates collapse
+    assert render([a, a]) == render([a])  # exact duplicates collapse
     with pytest.raises(SpecError, match="two different records"):
-        render_leaderboard([a, b])
+        render([a, b])
 
 
 def test_empty():
-    assert "No results yet" in render_leaderboard([])
+    assert "No results yet" in render([])

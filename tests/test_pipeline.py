@@ -2,32 +2,32 @@
 import pytest
 
 from forgetbench.errors import DivergenceError
-from forgetbench.results import ResultStore
+from forgetbench.records import ResultStore
 from forgetbench.run import run_one
 
 from pipeline_helpers import tiny_task
 
 
 def _no_change(record):
-    held = record["metrics"]["heldout"]["test/colours"]
-    assert held["delta_lp"] == 0.0 and held["delta_zs"] == 0.0
-    assert held["lp"] == held["lp_reference"] and held["zs"] == held["zs_reference"]
-    assert held["drift"]["l2"] == 0.0 and held["drift"]["kernel"] == 0.0
-    assert abs(held["drift"]["otdd"]) < 1e-6
-    assert record["metrics"]["summary"]["weight_drift"] == 0.0
+    held = record.metrics.heldout["test/colours"]
+    assert held.delta_lp == 0.0 and held.delta_zs == 0.0
+    assert held.lp == held.lp_reference and held.zs == held.zs_reference
+    assert held.drift["l2"] == 0.0 and held.drift["kernel"] == 0.0
+    assert abs(held.drift["otdd"]) < 1e-6
+    assert record.metrics.summary["weight_drift"] == 0.0
 
 
 def test_zero_steps_give_zero_forgetting_and_zero_drift():
     record = run_one(tiny_task(steps=0), "ft", 0, progress=False)
     _no_change(record)
-    target = record["metrics"]["target"]
-    assert target["acc"] == target["acc_reference"] and target["gain"] == 0.0  # the zero-shot head, unchanged
+    target = record.metrics.target
+    assert target.acc == target.acc_reference and target.gain == 0.0  # the zero-shot head, unchanged
 
 
 def test_wise_ft_at_alpha_zero_is_the_reference_model():
     record = run_one(tiny_task(steps=4), "wise-ft", 0, params={"alpha": 0.0}, progress=False)
     _no_change(record)
-    assert record["metrics"]["target"]["acc"] == record["metrics"]["target"]["acc_reference"]
+    assert record.metrics.target.acc == record.metrics.target.acc_reference
 
 
 def test_linear_probe_leaves_held_out_accuracy_unchanged():
@@ -36,12 +36,12 @@ def test_linear_probe_leaves_held_out_accuracy_unchanged():
 
 def test_fine_tuning_changes_the_encoder():
     record = run_one(tiny_task(steps=4), "ft", 0, progress=False)
-    assert record["metrics"]["summary"]["weight_drift"] > 0
-    assert record["metrics"]["heldout"]["test/colours"]["drift"]["l2"] > 0
+    assert record.metrics.summary["weight_drift"] > 0
+    assert record.metrics.heldout["test/colours"].drift["l2"] > 0
 
 
 def _strip(record):
-    record = dict(record)
+    record = record.to_json()
     record.pop("timings")
     record["provenance"] = {k: v for k, v in record["provenance"].items() if k != "timestamp_utc"}
     return record
@@ -87,8 +87,8 @@ def test_checkpoints_give_a_trajectory_that_starts_at_zero():
     task = tiny_task(steps=6)
     task = type(task).from_dict({**task.to_dict(), "evaluate": {**task.to_dict()["evaluate"], "checkpoints": 2}})
     record = run_one(task, "ft", 0, progress=False)
-    steps = [p["step"] for p in record["trajectory"]]
+    steps = [p.step for p in record.trajectory]
     assert steps == [0, 2, 4, 6]
-    start = record["trajectory"][0]["heldout"]["test/colours"]
-    assert start["delta_lp"] == 0.0 and start["drift"]["l2"] == 0.0  # measured, and the student is the reference
-    assert record["trajectory"][-1]["heldout"] == record["metrics"]["heldout"]
+    start = record.trajectory[0].heldout["test/colours"]
+    assert start.delta_lp == 0.0 and start.drift["l2"] == 0.0  # measured, and the student is the pre-trained model
+    assert record.trajectory[-1].heldout == record.metrics.heldout

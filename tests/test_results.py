@@ -11,7 +11,9 @@ import pytest
 
 from forgetbench import provenance
 from forgetbench.errors import SpecError
-from forgetbench.results import (RESULT_SCHEMA, ResultStore, run_id, summarize_heldout, validate_record)
+from forgetbench.records import HeldoutMetrics, ResultStore, parse_record, run_id, summarize_heldout
+
+from pipeline_helpers import RESULT_SCHEMA, summary_of
 
 
 def make_record(task="mini-shapes", version=1, method="l2sp", params=None, seed=0, heldout=None, acc=90.0):
@@ -27,7 +29,7 @@ def make_record(task="mini-shapes", version=1, method="l2sp", params=None, seed=
         "seed": seed,
         "model": {"name": "mini-clip", "weights_sha256": "0" * 64},
         "metrics": {"target": {"dataset": "mini/shapes", "acc": acc, "acc_reference": 70.0, "gain": acc - 70.0},
-                    "heldout": heldout, "summary": summarize_heldout(heldout)},
+                    "heldout": heldout, "summary": summary_of(heldout)},
         "timings": {"finetune_s": 1.0, "evaluate_s": 1.0, "total_s": 2.0},
         "provenance": {},
     }
@@ -64,7 +66,7 @@ def test_summary_matches_hand_computation():
         "b": {"lp": 70.0, "lp_reference": 73.25, "delta_lp": -3.25, "drift": {"l2": 0.4, "kernel": 0.1}},
         "c": {"lp": 90.0, "lp_reference": 89.5, "delta_lp": 0.5, "zs": 50.0, "zs_reference": 49.0, "delta_zs": 1.0},
     }
-    s = summarize_heldout(heldout, weight_drift=3.0)
+    s = summarize_heldout({k: HeldoutMetrics(**m) for k, m in heldout.items()}, weight_drift=3.0)
     assert s["delta_lp_mean"] == pytest.approx(statistics.mean([-1.5, -3.25, 0.5]))
     assert s["delta_lp_worst"] == -3.25
     assert s["delta_zs_mean"] == pytest.approx(statistics.mean([-4.0, 1.0]))  # only datasets with ZS
@@ -73,27 +75,30 @@ def test_summary_matches_hand_computation():
     assert s["drift_otdd_mean"] == pytest.approx(1.0)
     assert s["drift_kernel_mean"] == pytest.approx(0.1)
     assert s["weight_drift"] == 3.0
-    assert set(summarize_heldout({"a": {"lp": 1.0, "lp_reference": 2.0, "delta_lp": -1.0}})) == {
+    assert set(summary_of({"a": {"lp": 1.0, "lp_reference": 2.0, "delta_lp": -1.0}})) == {
         "delta_lp_mean", "delta_lp_worst"}
 
 
 # ------------------------------------------------------------------------------------------------- validation
 
-def test_validate_accepts_good_record():
-    validate_record(make_record())
+def test_validate_accepts_good_record_and_reads_it_typed():
+    record = parse_record(make_record())
+    assert record.metrics.target.acc == 90.0 and record.method.citation == "Li et al., ICML 2018"
+    assert record.to_json() == make_record()  # read and written back, the same JSON
 
 
 @pytest.mark.parametrize("path, value, match", [
-    (("run_id",), None, "run_id is missing"),
-    (("metrics", "target", "acc"), None, "metrics.target.acc is missing"),
-    (("metrics", "heldout", "mini/colours", "delta_lp"), None, "metrics.heldout.mini/colours.delta_lp is missing"),
-    (("metrics", "target", "acc"), "91", "metrics.target.acc must be a number"),
-    (("metrics", "target", "acc"), 0.0 + 120, r"metrics.target.acc must be in \[0, 100\]"),
-    (("timings", "total_s"), math.inf, "timings.total_s must be finite"),
-    (("task", "version"), True, "task.version must be an integer"),
-    (("status",), "failed", "status must be 'complete'"),
-    (("seed",), 1, "run_id .* does not match"),
-    (("schema",), "other/1", "schema must be"),
+    (("run_id",), None, "run_id: missing required field"),
+    (("metrics", "target", "acc"), None, "metrics.target.acc: missing required field"),
+    (("metrics", "heldout", "mini/colours", "delta_lp"), None,
+     "metrics.heldout.mini/colours.delta_lp: missing required field"),
+    (("metrics", "target", "acc"), "91", "metrics.target.acc: expected a number in"),
+    (("metrics", "target", "acc"), 0.0 + 120, r"metrics.target.acc: expected a number in \[0, 100\]"),
+    (("timings", "total_s"), math.inf, r"timings.total_s: expected a number >= 0 \(seconds\), got inf \(not finite\)"),
+    (("task", "version"), True, "task.version: expected an integer >= 1, got true"),
+    (("status",), "failed", "status: expected 'complete'"),
+    (("seed",), 1, "run_id: .* does not match"),
+    (("schema",), "other/1", "schema: expected one of"),
 ])
 def test_validate_names_the_bad_field(path, value, match):
     rec = make_record()
@@ -105,14 +110,22 @@ def test_validate_names_the_bad_field(path, value, match):
     else:
         parent[path[-1]] = value
     with pytest.raises(SpecError, match=match):
-        validate_record(rec)
+        parse_record(rec)
 
 
 def test_validate_zero_shot_keys_come_together():
     rec = make_record()
     rec["metrics"]["heldout"]["mini/colours"]["zs"] = 50.0
-    with pytest.raises(SpecError, match="zs_reference is missing"):
-        validate_record(rec)
+    with pytest.raises(SpecError, match="zs_reference: missing required field"):
+        parse_record(rec)
+
+
+def test_unknown_keys_are_kept_so_newer_records_stay_readable():
+    rec = make_record()
+    rec["metrics"]["heldout"]["mini/colours"]["lp_val"] = 91.0  # a field a later version adds
+    rec["future"] = {"x": 1}
+    record = parse_record(rec)
+    assert record.to_json() == rec and record.extra == {"future": {"x": 1}}
 
 
 # ------------------------------------------------------------------------------------------------------ store
@@ -122,8 +135,8 @@ def test_append_load_roundtrip_duplicate_and_tasks(tmp_path):
     a, b = make_record(seed=0), make_record(seed=1)
     c = make_record(task="mini-colours", seed=0)
     assert store.append(a) and store.append(b) and store.append(c)
-    assert store.load("mini-shapes") == [a, b]
-    assert store.load() == [c, a, b]  # files in task-name order
+    assert [r.to_json() for r in store.load("mini-shapes")] == [a, b]
+    assert [r.to_json() for r in store.load()] == [c, a, b]  # files in task-name order
     assert store.tasks() == ["mini-colours", "mini-shapes"]
     assert store.has(a["run_id"]) and store.has(c["run_id"], task="mini-colours")
     assert not store.has(make_record(seed=9)["run_id"])
@@ -140,7 +153,7 @@ def test_replace_swaps_the_record(tmp_path):
     store.append(b)
     new_a = make_record(seed=0, acc=42.0)
     assert store.append(new_a, replace=True) is True
-    loaded = store.load("mini-shapes")
+    loaded = [r.to_json() for r in store.load("mini-shapes")]
     assert len(loaded) == 2 and b in loaded and new_a in loaded and a not in loaded
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind
 
@@ -168,7 +181,7 @@ def test_corrupt_lines_skipped_with_warning(tmp_path):
     line_b = json.dumps(b)
     path.write_text(json.dumps(a) + "\n" + "garbage{{\n" + line_b + "\n" + line_b[: len(line_b) // 2])
     with pytest.warns(UserWarning) as caught:
-        loaded = store.load()
+        loaded = [r.to_json() for r in store.load()]
     assert loaded == [a, b]
     messages = [str(w.message) for w in caught]
     assert any("mini-shapes.jsonl:2" in m for m in messages)
@@ -177,7 +190,7 @@ def test_corrupt_lines_skipped_with_warning(tmp_path):
     c = make_record(seed=2)
     assert store.append(c)
     with pytest.warns(UserWarning):
-        assert store.load() == [a, b, c]
+        assert [r.to_json() for r in store.load()] == [a, b, c]
 
 
 def _append_many(root: str, worker: int, n: int) -> None:
@@ -222,8 +235,8 @@ def test_replace_concurrent_with_appends_loses_nothing(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     recs = ResultStore(tmp_path).load()
     assert len(recs) == 61
-    assert sorted(r["seed"] for r in recs) == sorted([w * 1000 + i for w in range(2) for i in range(30)] + [999_999])
-    assert [r["metrics"]["target"]["acc"] for r in recs if r["seed"] == 999_999] == [19.0]
+    assert sorted(r.seed for r in recs) == sorted([w * 1000 + i for w in range(2) for i in range(30)] + [999_999])
+    assert [r.metrics.target.acc for r in recs if r.seed == 999_999] == [19.0]
 
 
 def test_failures_go_to_their_own_file(tmp_path):

@@ -17,7 +17,7 @@ from torch import nn
 
 from forgetbench.checkpoint import Checkpointer, capture, load_object_state, object_state, restore
 from forgetbench.methods import METHODS, register
-from forgetbench.results import ResultStore, run_id
+from forgetbench.records import ResultStore, run_id
 from forgetbench.run import checkpoint_path, run_one
 
 from pipeline_helpers import tiny_task
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def comparable(record: dict) -> dict:
     """A record without what legitimately differs between two executions: timings, clock time, git state."""
-    record = json.loads(json.dumps(record))
+    record = json.loads(json.dumps(record.to_json()))
     record.pop("timings")
     for key in ("timestamp_utc", "git_commit", "git_dirty"):
         record["provenance"].pop(key)
@@ -45,7 +45,7 @@ from forgetbench.methods import Method, register
 class SlowFT(Method):
     """Plain fine-tuning that says which step it finished and then pauses, so a test can kill it mid-run."""
     name = "test-slow-ft"
-    reference = "test method"
+    citation = "test method"
 
     def after_step(self, ctx, step):
         Path(os.environ["FB_TEST_STEP_FILE"]).write_text(str(step))
@@ -99,7 +99,7 @@ def test_killed_run_resumes_to_the_uninterrupted_record(tmp_path, monkeypatch):
     assert resumed.returncode == 0, resumed.stderr
     (record,) = store.load()
     assert not ckpt.exists() and not (results / "checkpoints").exists()  # removed once the record is stored
-    assert [p["step"] for p in record["trajectory"]] == [0, 2, 4, 6]
+    assert [p.step for p in record.trajectory] == [0, 2, 4, 6]
 
     monkeypatch.setenv("FB_TEST_SLEEP", "0")
     uninterrupted = run_one(task, str(method_file), 0, progress=False)
@@ -157,7 +157,7 @@ def test_a_damaged_checkpoint_is_ignored_with_a_warning(tmp_path):
     path.write_bytes(b"PK\x03\x04 not a checkpoint")
     with pytest.warns(UserWarning, match="unreadable checkpoint ignored"):
         record = run_one(task, "ft", 0, store, progress=False, checkpoint_every=1)
-    assert record["training"]["steps"] == 3 and store.load() == [record] and not path.exists()
+    assert record.training["steps"] == 3 and store.load() == [record] and not path.exists()
 
 
 def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):

@@ -11,8 +11,8 @@ from forgetbench.data.subsets import class_splits, class_subset
 from forgetbench.errors import DataError, SpecError
 from forgetbench.evaluate.sequences import heldout_metrics, sequence_metrics
 from forgetbench.methods import METHODS
-from forgetbench.results import ResultStore, validate_record
-from forgetbench.sequence import run_sequence
+from forgetbench.records import ResultStore, parse_record
+from forgetbench.run import run_one
 from forgetbench.tasks import TaskSpec, load_task_text
 
 from pipeline_helpers import tiny_task
@@ -63,7 +63,7 @@ def test_sequence_spec_round_trips_and_plain_tasks_keep_their_form():
      "  split: {dataset: test/shapes, tasks: 2}\n  datasets: [test/colours]\n", 4, "give exactly one of"),
     ("  reference: previous", "  reference: previus", 6, "did you mean 'previous'"),
     ("  accuracy: [zs, lp]", "  accuracy: [zs, acc]", 7, "expected one of zs, lp"),
-    ("  datasets: [test/colours]", "  datasets: [test/shapes]", 9, "is fine-tuned on in the sequence"),
+    ("  datasets: [test/colours]", "  datasets: [test/shapes]", 9, "is a fine-tune dataset (sequence.split.dataset)"),
     ("  linear_probe: {C_grid: [1.0, 10.0]}", "  linear_probe: {C_grid: [1.0, 10.0]}\n  drift: [l2]", 11,
      "not supported in a sequence task"),
     ("model: mini-clip\n", "model: mini-clip\nfinetune: {dataset: test/shapes}\n", 4, "names its datasets in sequence"),
@@ -79,7 +79,7 @@ def test_sequence_spec_errors_point_at_the_line(old, new, where, message):
 def test_a_plain_task_still_needs_finetune():
     text = SEQUENCE_YAML.replace("sequence:\n  split: {dataset: test/shapes, tasks: 2, class_order_seed: 0}\n"
                                 "  reference: previous\n  accuracy: [zs, lp]\n", "")
-    with pytest.raises(SpecError, match="finetune: missing required field"):
+    with pytest.raises(SpecError, match="finetune.dataset: missing required field"):
         load_task_text(text, "x.yaml")
 
 
@@ -106,60 +106,57 @@ def test_class_splits_and_subsets():
 # ------------------------------------------------------------------------------------------------ the runner
 
 def test_zero_step_fine_tunes_give_the_reference_accuracies_in_every_row():
-    record = run_sequence(sequence_task(steps=0), "ft", 0, progress=False)
-    validate_record(record)
+    record = parse_record(run_one(sequence_task(steps=0), "ft", 0, progress=False).to_json())  # a valid record
     for kind in ("zs", "lp"):
-        m = record["metrics"][kind]
-        assert m["R"] == [m["reference"]] * 2 and m["heldout"] == [m["heldout_reference"]] * 2
-        s = m["summary"]
+        m = getattr(record.metrics, kind)
+        assert m.R == (m.reference,) * 2 and m.heldout == (m.heldout_reference,) * 2
+        s = m.summary
         assert s["bwt"] == 0.0 and s["forgetting"] == 0.0 and s["fwt"] == 0.0 and s["heldout_delta_mean"] == 0.0
-    assert record["sequence"]["steps"][0]["classes"] and record["training"]["steps"] == [0, 0]
+    assert record.sequence.steps[0].classes and record.training["steps"] == [0, 0]
 
 
-REFERENCE_PROBE = """
+FROZEN_PROBE = """
 from forgetbench.methods import Method, register
 from forgetbench.models import state_dict_hash
 
 @register
-class ReferenceProbe(Method):
-    name = "test-reference-probe"
-    seen = []  # (hash of ctx.reference, hash of ctx.student) at the start of every fine-tune
+class FrozenProbe(Method):
+    name = "test-frozen-probe"
+    seen = []  # (hash of ctx.frozen, hash of ctx.student) at the start of every fine-tune
 
     def setup(self, ctx):
-        type(self).seen.append((state_dict_hash(ctx.reference), state_dict_hash(ctx.student)))
+        type(self).seen.append((state_dict_hash(ctx.frozen), state_dict_hash(ctx.student)))
 """
 
 
 def test_each_step_regularises_towards_the_original_or_the_previous_model(tmp_path):
-    path = tmp_path / "reference_probe.py"
-    path.write_text(REFERENCE_PROBE)
+    path = tmp_path / "frozen_probe.py"
+    path.write_text(FROZEN_PROBE)
     record = None
-    for reference in ("original", "previous"):
-        record = run_sequence(sequence_task(steps=2, reference=reference, accuracy=["zs"]), str(path), 0,
-                              progress=False)
-    seen = METHODS.get("test-reference-probe").seen
+    for anchor in ("original", "previous"):
+        record = run_one(sequence_task(steps=2, reference=anchor, accuracy=["zs"]), str(path), 0, progress=False)
+    seen = METHODS.get("test-frozen-probe").seen
     (ref0, student0), (ref1, student1), (pref0, pstudent0), (pref1, pstudent1) = seen
     assert ref0 == student0 == pref0 == pstudent0  # step 1 starts from the original model either way
     assert ref1 == ref0 != student1  # original: step 2 still looks at the original model...
     assert pref1 == pstudent1 != pref0  # ...previous: at where step 1 ended, which step 2 starts from
     assert student1 == pstudent1  # the same first step under both
-    assert record["sequence"]["reference"] == "previous"
+    assert record.sequence.anchor == "previous" and record.to_json()["sequence"]["reference"] == "previous"
 
 
-def test_the_single_run_entry_point_refuses_a_sequence():
-    from forgetbench.run import run_one
-
-    with pytest.raises(SpecError, match="is a sequence"):
-        run_one(sequence_task(), "ft", 0, progress=False)
+def test_a_sequence_refuses_execution_options_it_does_not_support_before_any_work(tmp_path):
+    with pytest.raises(SpecError, match="--checkpoint-every is not supported for sequence tasks"):
+        run_one(sequence_task(), "ft", 0, ResultStore(tmp_path), progress=False, checkpoint_every=2)
+    assert not list(tmp_path.iterdir())  # nothing written, not even a failure
 
 
 def test_fine_tuning_a_sequence_records_its_matrices_once(tmp_path):
     store = ResultStore(tmp_path)
     task = sequence_task(steps=3, datasets=["test/shapes", "test/colours"], accuracy=["zs"])
-    record = run_sequence(task, "ft", 0, store, progress=False)
-    assert run_sequence(task, "ft", 0, store, progress=False) is None  # already recorded
+    record = run_one(task, "ft", 0, store, progress=False).to_json()
+    assert run_one(task, "ft", 0, store, progress=False) is None  # already recorded
     (stored,) = store.load("tiny")
-    assert stored == json.loads(json.dumps(record))
+    assert stored.to_json() == json.loads(json.dumps(record))
     m = record["metrics"]["zs"]
     assert np.array(m["R"]).shape == (2, 2) and m["heldout"] == [[], []]
     assert m["R"] != [m["reference"]] * 2  # training changed something
@@ -168,10 +165,10 @@ def test_fine_tuning_a_sequence_records_its_matrices_once(tmp_path):
     bad = json.loads(json.dumps(record))
     bad["metrics"]["zs"]["summary"]["avg"] += 1
     with pytest.raises(SpecError, match="summary.avg"):
-        validate_record(bad)
+        parse_record(bad)
     bad["metrics"]["zs"]["R"][0] = [1.0]
-    with pytest.raises(SpecError, match=r"metrics.zs.R\[0\] must be a list of 2"):
-        validate_record(bad)
+    with pytest.raises(SpecError, match=r"metrics.zs.R\[0\]: expected a list of 2 accuracies, got 1"):
+        parse_record(bad)
 
 
 def test_cli_runs_plots_and_ranks_a_sequence(tmp_path, capsys):

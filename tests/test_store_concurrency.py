@@ -6,7 +6,7 @@ import json
 import multiprocessing as mp
 import warnings
 
-from forgetbench.results import ResultStore
+from forgetbench.records import ResultStore
 
 from test_results import make_record
 
@@ -59,7 +59,7 @@ def test_concurrent_writers_and_readers(tmp_path):
     store = ResultStore(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        records = store.load()
+        records = [r.to_json() for r in store.load()]
         failures = store.failures()
     want = [expected(w, i) for w in range(WRITERS) for i in range(PER_WRITER)]
     assert len(records) == WRITERS * PER_WRITER == 400

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from forgetbench.cli import main
-from forgetbench.results import ResultStore, run_id, summarize_heldout, validate_record
+from forgetbench.records import ResultStore, record_problems, run_id
 from forgetbench.submit import SubmissionError, check_submission, submit
 from forgetbench.tasks import load_task
+
+from pipeline_helpers import summary_of
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -38,7 +40,7 @@ def make_record(seed=0, method="my-method", params=None, task="mini-shapes", ver
         "method": {"name": method, "params": params, "reference": "https://example.org/my-paper", "state": {}},
         "seed": seed, "model": {"name": spec.model, "weights_sha256": "ab" * 32},
         "metrics": {"target": {"dataset": spec.finetune.dataset, "acc": 70.0, "acc_reference": 52.5, "gain": 17.5},
-                    "heldout": heldout, "summary": summarize_heldout(heldout, weight_drift=0.04)},
+                    "heldout": heldout, "summary": summary_of(heldout, weight_drift=0.04)},
         "training": {"steps": 64, "final_loss": 0.5, "head_init": "zeroshot"},
         "timings": {"setup_s": 1.0, "finetune_s": 10.0, "evaluate_s": 5.0, "total_s": 16.0},
         "provenance": {"git_commit": COMMIT, "git_dirty": False, "device": "cpu", "seed": seed,
@@ -68,7 +70,7 @@ def results(tmp_path):
 
 
 def test_template_record_is_a_valid_submission():
-    validate_record(make_record(), submission=True)
+    assert record_problems(make_record(), submission=True) == []
 
 
 def test_valid_submission_merges_and_resubmitting_changes_nothing(tmp_path, results):
@@ -81,8 +83,8 @@ def test_valid_submission_merges_and_resubmitting_changes_nothing(tmp_path, resu
     after = (results / "mini-shapes.jsonl").read_bytes()
     assert after.startswith(before)  # appended: the stored lines are untouched
     store = ResultStore(results)
-    assert store.load("mini-shapes") == [make_record(seed=0), make_record(seed=1), make_record(seed=2)]
-    assert store.load("mini-shapes-trajectory") == [new[2]]
+    assert [r.to_json() for r in store.load("mini-shapes")] == [make_record(seed=i) for i in range(3)]
+    assert [r.to_json() for r in store.load("mini-shapes-trajectory")] == [new[2]]
     state = snapshot(results)
     again = submit(sub, results)  # every run is stored now: nothing is added, nothing duplicated
     assert again.added == {} and len(again.already_stored) == 4
@@ -170,24 +172,24 @@ def unknown_field(r):
 
 def wrong_datasets(r):
     r["metrics"]["heldout"].pop("mini/digits")
-    r["metrics"]["summary"] = summarize_heldout(r["metrics"]["heldout"], weight_drift=0.04)
+    r["metrics"]["summary"] = summary_of(r["metrics"]["heldout"], weight_drift=0.04)
 
 
 @pytest.mark.parametrize("corrupt, field, needle", [
-    (bad_schema, "schema", "must be 'forgetbench.result/1'"),
+    (bad_schema, "schema", "expected one of 'forgetbench.result/1'"),
     (unknown_task_version, "task.version",
      f"is {SHAPES_VERSION + 1} but task 'mini-shapes' is at version {SHAPES_VERSION}"),
     (unknown_task, "task.name", "is not a known task"),
     (other_protocol, "task.spec.train", "differs from the protocol"),
-    (missing_commit, "provenance.git_commit", "must be the 40-hex commit"),
-    (missing_versions, "provenance.versions", "is missing"),
-    (missing_hardware, "provenance.hardware.platform", "is missing"),
+    (missing_commit, "provenance.git_commit", "expected the 40-hex commit"),
+    (missing_versions, "provenance.versions", "missing required field"),
+    (missing_hardware, "provenance.hardware.platform", "missing required field"),
     (wrong_provenance_seed, "provenance.seed", "but the record's seed is 3"),
     (delta_not_its_parts, "metrics.heldout.mini/colours.delta_lp", "but lp - lp_reference ="),
     (summary_not_its_parts, "metrics.summary.delta_lp_mean", "but the held-out datasets give"),
     (gain_not_its_parts, "metrics.target.gain", "but acc - acc_reference = 17.5"),
-    (accuracy_out_of_range, "metrics.heldout.mini/colours.lp", "must be in [0, 100]"),
-    (negative_drift, "metrics.heldout.mini/colours.drift.l2", "must be in"),
+    (accuracy_out_of_range, "metrics.heldout.mini/colours.lp", "expected a number in [0, 100]"),
+    (negative_drift, "metrics.heldout.mini/colours.drift.l2", "expected a number in [-1e-06, 4.0]"),
     (unknown_field, "extra", "is not a field of forgetbench.result/1"),
     (wrong_datasets, "metrics.heldout", "but the task evaluates"),
 ])

@@ -10,7 +10,7 @@ import yaml
 from forgetbench.cli import main
 from forgetbench.errors import SpecError
 from forgetbench.launchers import RunJob
-from forgetbench.results import ResultStore, run_id
+from forgetbench.records import ResultStore, run_id
 from forgetbench.run import run_one
 from forgetbench.sweep import expand, parse_grid, plan
 
@@ -52,7 +52,7 @@ def test_grid_points_that_resolve_alike_are_one_run():
     ({"beta": (1.0,)}, "no method of this sweep declares 'beta'"),
     ({"ldifs.alpha": (1.0,)}, "method 'ldifs' is not in this sweep"),
     ({"l2sp.beta": (1.0,)}, "method 'l2sp' has no hyper-parameter 'beta'"),
-    ({"alpha": ("big",)}, "hyper-parameter 'alpha' must be float"),
+    ({"alpha": ("big",)}, "hyper-parameter 'alpha': expected a number >= 0, got 'big'"),
 ])
 def test_bad_grids_name_the_problem(grid, match):
     with pytest.raises(SpecError, match=match):
@@ -81,7 +81,7 @@ def test_local_sweep_runs_what_is_missing_and_then_nothing(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "3 runs (2 methods, 1 seeds, grid alpha=0.5,2); 1 already recorded" in out and "launching 2 (local)" in out
-    assert sorted((r["method"]["name"], r["method"]["params"].get("alpha")) for r in store.load()) == [
+    assert sorted((r.method.name, r.method.params.get("alpha")) for r in store.load()) == [
         ("ft", None), ("l2sp", 0.5), ("l2sp", 2.0)]
     before = (results / "tiny.jsonl").read_bytes()
     assert main(argv) == 0
@@ -102,7 +102,7 @@ def test_submitit_local_executor_sweep_is_idempotent(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert "launching 2 (slurm)" in out and out.count(": complete (job ") == 2
     records = ResultStore(results).load()
-    assert sorted(r["method"]["name"] for r in records) == ["ft", "lp"]
+    assert sorted(r.method.name for r in records) == ["ft", "lp"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "2 already recorded" in out and "launching 0" in out and "job" not in out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import json
 
 import pytest
@@ -309,7 +310,7 @@ def test_registry_follows_the_environment(tmp_path, monkeypatch):
     write_task(second, "zz-two")
     monkeypatch.setenv(tasks.ENV_TASKS_PATH, str(first))
     assert "zz-one" in TASKS and "zz-two" not in TASKS
-    monkeypatch.setenv(tasks.ENV_TASKS_PATH, f"{first}{tasks.os.pathsep}{second}")
+    monkeypatch.setenv(tasks.ENV_TASKS_PATH, f"{first}{os.pathsep}{second}")
     assert load_task("zz-two").name == "zz-two"
 
 
@@ -330,7 +331,7 @@ def test_name_must_match_file_stem_inside_a_tasks_dir(task_dir, tmp_path):
 def test_duplicate_task_names_across_dirs(tmp_path, monkeypatch):
     write_task(tmp_path / "one", "zz-dup")
     write_task(tmp_path / "two", "zz-dup")
-    monkeypatch.setenv(tasks.ENV_TASKS_PATH, f"{tmp_path / 'one'}{tasks.os.pathsep}{tmp_path / 'two'}")
+    monkeypatch.setenv(tasks.ENV_TASKS_PATH, f"{tmp_path / 'one'}{os.pathsep}{tmp_path / 'two'}")
     with pytest.raises(SpecError, match="also defined"):
         load_task("zz-dup")
 

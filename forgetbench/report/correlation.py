@@ -19,12 +19,16 @@ from scipy.stats import rankdata
 from tabulate import tabulate
 
 from ..errors import SpecError
+from ..evaluate.drift_metrics import drift_metrics
 
-DRIFTS = ("l2", "otdd", "kernel")
-COLUMNS = ["task", "method", "params", "seed", "run_id", "dataset", "step", "final",
-           "delta_lp", "delta_zs", *DRIFTS, "weight_drift"]
 _SORT = ["task", "method", "params", "seed", "run_id", "step", "dataset"]
 _BOOT_CHUNK = 256  # resamples per vectorised block: bounds memory at 256 x n points
+
+
+def columns() -> list[str]:
+    """The columns of the points frame: one per registered drift metric."""
+    return ["task", "method", "params", "seed", "run_id", "dataset", "step", "final", "delta_lp", "delta_zs",
+            *(m.name for m in drift_metrics()), "weight_drift"]
 
 
 # ------------------------------------------------------------------------------------------------------ points
@@ -36,53 +40,25 @@ def _params_str(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={val(params[k])}" for k in sorted(params))
 
 
-def _num(value: Any, where: str) -> float:
-    """A metric value as float; None/absent becomes NaN, anything non-numeric is an error."""
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(f"{where} must be a number, got {value!r}")
-    return float(value)
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
-def _field(obj: Any, path: str, where: str) -> Any:
-    """``obj[a][b]...`` for ``path`` "a.b...", with a SpecError naming the missing or mistyped field."""
-    cur, keys = obj, path.split(".")
-    for i, key in enumerate(keys):
-        if not isinstance(cur, Mapping):
-            raise SpecError(f"{where}: {'.'.join(keys[:i])} must be an object, got {type(cur).__name__}")
-        if key not in cur:
-            raise SpecError(f"{where}: {'.'.join(keys[:i + 1])} is missing; expected a forgetbench.result/1 "
-                            f"record (see forgetbench.results.validate_record)")
-        cur = cur[key]
-    return cur
-
-
-def _rows_for(heldout: Any, base: dict, step: Any, final: bool, weight_drift: float, where: str) -> list[dict]:
-    if not isinstance(heldout, Mapping):
-        raise SpecError(f"{where} must be an object of held-out datasets, got {type(heldout).__name__}")
+def _rows_for(heldout: Mapping[str, Any], base: dict, step: Any, final: bool, weight_drift: float | None) -> list[dict]:
     rows = []
     for dataset, m in heldout.items():
-        w = f"{where}.{dataset}"
-        if not isinstance(m, Mapping):
-            raise SpecError(f"{w} must be an object, got {type(m).__name__}")
-        drift = m.get("drift") or {}
-        if not isinstance(drift, Mapping):
-            raise SpecError(f"{w}.drift must be an object of drift metrics, got {type(drift).__name__}")
-        row = {**base, "dataset": dataset, "step": step, "final": final,
-               "delta_lp": _num(m.get("delta_lp"), f"{w}.delta_lp"),
-               "delta_zs": _num(m.get("delta_zs"), f"{w}.delta_zs"),
-               "weight_drift": weight_drift}
-        for d in DRIFTS:
-            row[d] = _num(drift.get(d), f"{w}.drift.{d}")
+        row = {**base, "dataset": dataset, "step": step, "final": final, "delta_lp": _nan(m.delta_lp),
+               "delta_zs": _nan(m.delta_zs), "weight_drift": _nan(weight_drift)}
+        for metric in drift_metrics():
+            row[metric.name] = _nan((m.drift or {}).get(metric.name))
         rows.append(row)
     return rows
 
 
-def points(records: Iterable[Mapping[str, Any]], per_checkpoint: bool = False) -> pd.DataFrame:
-    """One row per (run, held-out dataset): transfer gaps and drifts, NaN where a metric is absent.
+def points(records: Iterable[Any], per_checkpoint: bool = False) -> pd.DataFrame:
+    """One row per (run, held-out dataset) of fine-tune records: transfer gaps and drifts, NaN where absent.
 
-    ``step`` is the run's final training step (``record["training"]["steps"]``, <NA> if unknown) and ``final`` is
+    ``step`` is the run's final training step (``record.training["steps"]``, <NA> if unknown) and ``final`` is
     True on these rows. With ``per_checkpoint=True`` each trajectory checkpoint adds one row per held-out dataset
     (``final`` False, ``step`` the checkpoint step). Two checkpoints are skipped: step 0 (the pre-trained model:
     gap and drift are zero by construction, and such points would inflate every correlation) and the final step
@@ -93,45 +69,21 @@ def points(records: Iterable[Mapping[str, Any]], per_checkpoint: bool = False) -
     rows: list[dict] = []
     seen: dict[str, int] = {}
     for i, rec in enumerate(records):
-        if not isinstance(rec, Mapping):
-            raise SpecError(f"record {i} must be a result record (JSON object), got {type(rec).__name__}")
-        rid = _field(rec, "run_id", f"record {i}")
-        if not isinstance(rid, str):
-            raise SpecError(f"record {i}: run_id must be a string, got {rid!r}")
-        where = f"record {i} (run_id {rid})"
-        if rid in seen:
-            raise SpecError(f"{where}: the same run_id is also record {seen[rid]}; pass each run once "
-                            f"(a duplicated run would count twice in the correlation)")
-        seen[rid] = i
-        heldout = _field(rec, "metrics.heldout", where)
-        params = _field(rec, "method.params", where)
-        base = {"task": _field(rec, "task.name", where), "method": _field(rec, "method.name", where),
-                "params": _params_str(params) if isinstance(params, Mapping) else str(params),
-                "seed": _field(rec, "seed", where), "run_id": rid}
-        summary = rec["metrics"].get("summary") or {}
-        final_step = (rec.get("training") or {}).get("steps")
-        rows += _rows_for(heldout, base, final_step, True,
-                          _num(summary.get("weight_drift"), f"{where}: metrics.summary.weight_drift"),
-                          f"{where}: metrics.heldout")
-        if not per_checkpoint:
-            continue
-        trajectory = rec.get("trajectory") or []
-        if not isinstance(trajectory, list):
-            raise SpecError(f"{where}: trajectory must be a list of checkpoints, got {type(trajectory).__name__}")
-        for j, cp in enumerate(trajectory):
-            w = f"{where}: trajectory[{j}]"
-            step = _field(cp, "step", w)
-            if isinstance(step, bool) or not isinstance(step, int):
-                raise SpecError(f"{w}.step must be an integer, got {step!r}")
-            if step == 0 or step == final_step:
-                continue
-            cp_summary = cp.get("summary") or {}
-            rows += _rows_for(cp.get("heldout") or {}, base, step, False,
-                              _num(cp_summary.get("weight_drift"), f"{w}.summary.weight_drift"), f"{w}.heldout")
-    df = pd.DataFrame(rows, columns=COLUMNS)
+        if rec.run_id in seen:
+            raise SpecError(f"record {i} (run_id {rec.run_id}): the same run_id is also record {seen[rec.run_id]}; "
+                            f"pass each run once (a duplicated run would count twice in the correlation)")
+        seen[rec.run_id] = i
+        base = {"task": rec.task.name, "method": rec.method.name, "params": _params_str(rec.method.params),
+                "seed": rec.seed, "run_id": rec.run_id}
+        final_step = (rec.training or {}).get("steps")
+        rows += _rows_for(rec.metrics.heldout, base, final_step, True, rec.metrics.summary.get("weight_drift"))
+        for cp in (rec.trajectory or ()) if per_checkpoint else ():
+            if cp.step not in (0, final_step):
+                rows += _rows_for(cp.heldout, base, cp.step, False, cp.summary.get("weight_drift"))
+    df = pd.DataFrame(rows, columns=columns())
     df["step"] = df["step"].astype("Int64")
     df["final"] = df["final"].astype(bool)
-    for c in ["delta_lp", "delta_zs", *DRIFTS, "weight_drift"]:
+    for c in ["delta_lp", "delta_zs", *(m.name for m in drift_metrics()), "weight_drift"]:
         df[c] = df[c].astype(float)
     return df.sort_values(_SORT, kind="mergesort", na_position="last").reset_index(drop=True)
 
@@ -198,7 +150,7 @@ def _unit(sub: pd.DataFrame) -> str:
     return text
 
 
-def correlations(df: pd.DataFrame, drifts: Sequence[str] = ("otdd", "l2", "kernel"), target: str = "delta_lp",
+def correlations(df: pd.DataFrame, drifts: Sequence[str] | None = None, target: str = "delta_lp",
                  n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per drift metric: n, Pearson r, Spearman rho and their percentile-bootstrap 95% CIs against ``target``.
 
@@ -208,6 +160,8 @@ def correlations(df: pd.DataFrame, drifts: Sequence[str] = ("otdd", "l2", "kerne
     Columns: drift, target, n, pearson_r, pearson_lo, pearson_hi, spearman_rho, spearman_lo, spearman_hi,
     n_boot, unit.
     """
+    if drifts is None:  # every registered drift metric, in the figure's order
+        drifts = [m.name for m in sorted(drift_metrics(), key=lambda m: m.figure_rank)]
     if isinstance(drifts, str):
         drifts = (drifts,)
     missing = [c for c in (target, *drifts) if c not in df.columns]

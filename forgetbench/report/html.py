@@ -13,7 +13,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .leaderboard import COLUMN_KEYS, FEW_SEEDS, HEADER, _write_atomic, leaderboard_boards
+from ..atomic import atomic_write
+from .board import FEW_SEEDS
+from .leaderboard import HEADER, leaderboard_boards
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1400px;
@@ -187,7 +189,7 @@ def _figures(figures_dir: Path | None) -> list[str]:
     return parts
 
 
-def render_leaderboard_html(records: list[dict], figures_dir: str | Path | None = None) -> str:
+def render_leaderboard_html(records: list, figures_dir: str | Path | None = None) -> str:
     """The leaderboard as one HTML page: the same boards as ``leaderboard.md``, sortable, figures embedded."""
     boards = leaderboard_boards(records)
     header = [line for line in HEADER.splitlines() if line.strip() and not line.startswith("<!--")]
@@ -204,12 +206,12 @@ def render_leaderboard_html(records: list[dict], figures_dir: str | Path | None 
         if board.older:
             body.append(f'<p class="note">Older task versions, not ranked: {esc(board.older)}.</p>')
         classes = ["few-seeds" if r["Seeds"].endswith(FEW_SEEDS) else "" for r in board.rows]
-        body.append(table(board.titles, board.rows, board.sort_keys, keys=COLUMN_KEYS, numeric=_numeric_titles(board),
+        body.append(table(board.titles, board.rows, board.sort_keys, keys=board.keys, numeric=_numeric_titles(board),
                           row_classes=classes, table_id=f"board-{anchor}"))
         if board.few_seeds_note:
             body.append(f'<p class="note">{_inline_md(board.few_seeds_note)}</p>')
-        if board.references:
-            items = "".join(f"<li><strong>{esc(m)}</strong>: {esc(ref)}</li>" for m, ref in board.references)
+        if board.citations:
+            items = "".join(f"<li><strong>{esc(m)}</strong>: {esc(ref)}</li>" for m, ref in board.citations)
             body.append(f'<div class="refs">References:<ul>{items}</ul></div>')
     figures = _figures(Path(figures_dir) if figures_dir is not None else None)
     if figures:
@@ -218,6 +220,6 @@ def render_leaderboard_html(records: list[dict], figures_dir: str | Path | None 
     return page("forgetbench leaderboard", "\n".join(body))
 
 
-def write_leaderboard_html(records: list[dict], path: str | Path, figures_dir: str | Path | None = None) -> None:
+def write_leaderboard_html(records: list, path: str | Path, figures_dir: str | Path | None = None) -> None:
     """Render and write atomically."""
-    _write_atomic(render_leaderboard_html(records, figures_dir), path)
+    atomic_write(path, render_leaderboard_html(records, figures_dir))

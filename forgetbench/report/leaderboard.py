@@ -1,23 +1,22 @@
 """Render result records as the Markdown leaderboard (``leaderboard.md``).
 
-One table per task (latest task version only), one row per (method, params) aggregated over seeds, ranked by
-mean delta LP (least forgetting first). Output depends only on the set of records, never on their order or on
-the clock, so regenerating an unchanged ``results/`` gives the same bytes.
+One table per task (latest task version only), built by the task's protocol (``forgetbench.protocols``): one row per
+(method, params) aggregated over seeds, ranked by the protocol's main number (mean delta LP for a fine-tune: least
+forgetting first). Output depends only on the set of records, never on their order or on the clock, so regenerating
+an unchanged ``results/`` gives the same bytes.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import pandas as pd
 
+from ..atomic import atomic_write
 from ..errors import SpecError
-from ..results import validate_record
+from ..protocol import protocol_of
+from ..records import RunRecord
+from .board import Board
 
 HEADER = (
     "# forgetbench leaderboard\n\n"
@@ -31,191 +30,6 @@ HEADER = (
     "(`baselines/<method>.py`; the record holds them all).\n"
 )
 
-# per-run value -> (column title, how the group is shown)
-_COLUMNS: list[tuple[str, str, str]] = [
-    ("acc", "Target acc", "mean_std"),
-    ("delta_lp_mean", "ΔLP", "mean_std_signed"),
-    ("delta_lp_worst", "Worst ΔLP", "mean_signed"),
-    ("delta_zs_mean", "ΔZS", "mean_std_signed"),
-    ("delta_zs_worst", "Worst ΔZS", "mean_signed"),
-    ("drift_l2_mean", "L2 drift", "mean"),
-    ("drift_otdd_mean", "OTDD", "mean"),
-    ("drift_kernel_mean", "Kernel drift", "mean"),
-    ("weight_drift", "Weight drift", "mean"),
-]
-#: Column title -> the name it goes by in code and in the HTML page's ``#sort=`` links.
-COLUMN_KEYS = {"Rank": "rank", "Method": "method", "Params": "params", "Seeds": "seeds",
-               **{title: key for key, title, _ in _COLUMNS}}
-_OPTIONAL = {"drift_l2_mean", "drift_otdd_mean", "drift_kernel_mean", "weight_drift"}  # shown only when present
-
-
-# ------------------------------------------------------------------------------------------------- number helpers
-
-def _mean(xs: list[float]) -> float:
-    return math.fsum(xs) / len(xs)  # exact sum: independent of record order
-
-
-def _std(xs: list[float]) -> float:
-    m = _mean(xs)
-    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
-
-def _fmt(x: float, signed: bool = False) -> str:
-    x = round(x, 2) + 0.0  # + 0.0 turns -0.0 into 0.0: no "-0.00"
-    return f"{x:+.2f}" if signed else f"{x:.2f}"
-
-
-def _cell(values: list[float], style: str) -> str:
-    if not values:
-        return ""
-    signed = style.endswith("signed")
-    text = _fmt(_mean(values), signed)
-    if style.startswith("mean_std") and len(values) > 1:
-        text += f" ± {_fmt(_std(values))}"
-    return text
-
-
-def _param_value(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
-
-
-def format_params(params: dict[str, Any], method: str | None = None) -> str:
-    """Compact ``k=v, k=v`` (sorted keys) for a table cell: only the values that differ from ``method``'s registered
-    defaults, so that a row reads "defaults" at a glance (a method not registered here shows every value)."""
-    defaults = _method_defaults(method) if method else {}
-    shown = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
-    return ", ".join(f"{k}={_param_value(shown[k])}" for k in sorted(shown)).replace("|", "\\|")
-
-
-def _method_defaults(name: str) -> dict[str, Any]:
-    from ..methods import METHODS
-
-    try:
-        return dict(METHODS.get(name).defaults)
-    except Exception:  # a submitted method unknown to this checkout: its parameters are all shown
-        return {}
-
-
-# --------------------------------------------------------------------------------------------------- task notes
-
-def _dataset_names(value: Any) -> list[str]:
-    """Dataset names from a spec entry: a name, {"dataset"/"name": ...}, or a list of those."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        for key in ("dataset", "datasets", "name"):
-            if key in value:
-                return _dataset_names(value[key])
-        return []
-    if isinstance(value, (list, tuple)):
-        return [n for v in value for n in _dataset_names(v)]
-    return []
-
-
-def _first_names(spec: dict, keys: tuple[str, ...]) -> list[str]:
-    for key in keys:
-        if key in spec:
-            names = _dataset_names(spec[key])
-            if names:
-                return names
-    return []
-
-
-def _task_note(records: list[dict]) -> str:
-    """Fine-tune and held-out datasets, from the task spec when it says, else from the metrics."""
-    spec = records[0]["task"]["spec"]
-    finetune = _first_names(spec, ("finetune", "fine_tune", "train", "target", "sequence"))
-    heldout = _first_names(spec, ("heldout", "held_out", "eval", "evaluate"))
-    if not finetune:
-        finetune = sorted({r["metrics"]["target"]["dataset"] for r in records})
-    if not heldout:
-        heldout = sorted({d for r in records for d in r["metrics"]["heldout"]})
-    parts = ["Fine-tune: " + ", ".join(f"`{n}`" for n in finetune) + "."]
-    if heldout:
-        parts.append("Held-out: " + ", ".join(f"`{n}`" for n in heldout) + ".")
-    return " ".join(parts)
-
-
-# ------------------------------------------------------------------------------------------------------- tables
-
-FEW_SEEDS = "†"  # marks a row with fewer seeds than its task requires
-
-
-@dataclass
-class Board:
-    """One task's ranked table, as text cells (shown) and sort keys (numbers where the column is numeric).
-
-    Both renderings, Markdown and HTML, are drawn from it, so they always show the same data.
-    """
-
-    task: str
-    version: int
-    note: str
-    older: str | None  # "version 1 (6 records)" when older versions exist; they are not ranked
-    titles: list[str]
-    rows: list[dict[str, str]]
-    sort_keys: list[dict[str, float | str]]
-    references: list[tuple[str, str]]  # (method, reference)
-    required_seeds: int | None  # seeds the task file asks for; rows with fewer are marked
-
-    @property
-    def few_seeds_note(self) -> str | None:
-        if not any(r["Seeds"].endswith(FEW_SEEDS) for r in self.rows):
-            return None
-        return (f"{FEW_SEEDS} fewer seeds than the task's {self.required_seeds} (its `seeds`): the mean is less certain "
-                "and the rank not comparable.")
-
-
-def _run_row(rec: dict) -> dict[str, Any]:
-    summary = rec["metrics"]["summary"]
-    row: dict[str, Any] = {
-        "method": rec["method"]["name"],
-        "params": format_params(rec["method"]["params"], rec["method"]["name"]),
-        "seed": rec["seed"],
-        "acc": float(rec["metrics"]["target"]["acc"]),
-    }
-    for key, _, _ in _COLUMNS[1:]:
-        row[key] = float(summary[key]) if key in summary else math.nan
-    return row
-
-
-def _required_seeds(records: list[dict]) -> int | None:
-    counts = [len(r["task"]["spec"]["seeds"]) for r in records if isinstance(r["task"]["spec"].get("seeds"), list)]
-    return max(counts) if counts else None
-
-
-def _board(task: str, version: int, current: list[dict], older: str | None) -> Board:
-    runs = pd.DataFrame([_run_row(r) for r in current])
-    keys = [k for k, _, _ in _COLUMNS if k not in _OPTIONAL or runs[k].notna().any()]
-    required = _required_seeds(current)
-    rows = []
-    for (method, params), group in runs.groupby(["method", "params"], sort=True):
-        n = group["seed"].nunique()
-        seeds = f"{n} {FEW_SEEDS}" if required is not None and n < required else str(n)
-        cells: dict[str, Any] = {"Method": method, "Params": params, "Seeds": seeds}
-        sort: dict[str, float | str] = {"Method": method, "Params": params, "Seeds": n}
-        for key, title, style in _COLUMNS:
-            if key in keys:
-                # sorted: the cell must not depend on the order records were read in
-                values = sorted(group[key].dropna().tolist())
-                cells[title] = _cell(values, style)
-                sort[title] = _mean(values) if values else -math.inf
-        lp = group["delta_lp_mean"].dropna().tolist()
-        cells["_key"] = _mean(lp) if lp else -math.inf  # rows without ΔLP rank last
-        rows.append((cells, sort))
-    # stable sort on ΔLP after the (method, params) order from groupby: ties keep a deterministic order
-    rows.sort(key=lambda r: -r[0]["_key"])
-    rank, prev = 0, None
-    for i, (cells, sort) in enumerate(rows, start=1):
-        if cells["_key"] != prev:
-            rank, prev = i, cells["_key"]
-        cells["Rank"], sort["Rank"] = str(rank), rank  # equal means share a rank
-    titles = ["Rank", "Method", "Params", "Seeds"] + [t for k, t, _ in _COLUMNS if k in keys]
-    refs = sorted({(r["method"]["name"], r["method"].get("reference")) for r in current if r["method"].get("reference")})
-    return Board(task=task, version=version, note=_task_note(current), older=older, titles=titles,
-                 rows=[{t: c[t] for t in titles} for c, _ in rows], sort_keys=[s for _, s in rows],
-                 references=refs, required_seeds=required)
-
 
 def _markdown_table(board: Board) -> str:
     table = pd.DataFrame(board.rows, columns=board.titles)
@@ -223,37 +37,38 @@ def _markdown_table(board: Board) -> str:
     return table.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
-def _check(records: Iterable[dict]) -> list[dict]:
-    """Validate, and drop exact duplicates; two different records of one run are an error."""
-    by_id: dict[str, dict] = {}
+def _distinct(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """Exact duplicates dropped; two different records of one run are an error."""
+    by_id: dict[str, RunRecord] = {}
     for rec in records:
-        validate_record(rec)
-        old = by_id.setdefault(rec["run_id"], rec)
-        if old is not rec and old != rec:
-            raise SpecError(f"run {rec['run_id']} ({rec['task']['name']}, {rec['method']['name']}, seed {rec['seed']}) "
-                            "has two different records; keep one (ResultStore.append(..., replace=True))")
+        old = by_id.setdefault(rec.run_id, rec)
+        if old is not rec and old.to_json() != rec.to_json():
+            raise SpecError(f"run {rec.run_id} ({rec.task.name}, {rec.method.name}, seed {rec.seed}) has two different "
+                            "records; keep one (ResultStore.append(..., replace=True))")
     return [by_id[k] for k in sorted(by_id)]
 
 
-def leaderboard_boards(records: list[dict]) -> list[Board]:
-    """One ``Board`` per task (latest version only), tasks in name order; records validated first."""
-    from .protocol_boards import special_board  # sequences and absent classes have tables of their own
-
-    recs = _check(records)
+def leaderboard_boards(records: Iterable[RunRecord]) -> list[Board]:
+    """One ``Board`` per task (latest version only), tasks in name order, each built by the records' protocol."""
+    recs = _distinct(records)
     boards = []
-    for task in sorted({r["task"]["name"] for r in recs}):
-        mine = [r for r in recs if r["task"]["name"] == task]
-        latest = max(r["task"]["version"] for r in mine)
-        current = [r for r in mine if r["task"]["version"] == latest]
-        older_versions = sorted({r["task"]["version"] for r in mine} - {latest})
-        older = ", ".join(f"version {v} ({sum(r['task']['version'] == v for r in mine)} records)"
+    for task in sorted({r.task.name for r in recs}):
+        mine = [r for r in recs if r.task.name == task]
+        latest = max(r.task.version for r in mine)
+        current = [r for r in mine if r.task.version == latest]
+        older_versions = sorted({r.task.version for r in mine} - {latest})
+        older = ", ".join(f"version {v} ({sum(r.task.version == v for r in mine)} records)"
                           for v in older_versions) or None
-        boards.append(special_board(task, latest, current, older) or _board(task, latest, current, older))
+        kinds = {type(r) for r in current}
+        if len(kinds) > 1:
+            raise SpecError(f"task {task!r} version {latest} has records of {len(kinds)} kinds "
+                            f"({', '.join(sorted(k.__name__ for k in kinds))}); one protocol runs one task")
+        boards.append(protocol_of(kinds.pop()).board(task, latest, current, older))
     return boards
 
 
-def render_leaderboard(records: list[dict]) -> str:
-    """The Markdown leaderboard for ``records`` (validated; raises SpecError on a malformed record)."""
+def render_leaderboard(records: Iterable[RunRecord]) -> str:
+    """The Markdown leaderboard of (valid, typed) records."""
     boards = leaderboard_boards(records)
     parts = [HEADER]
     if not boards:
@@ -265,29 +80,12 @@ def render_leaderboard(records: list[dict]) -> str:
         lines += ["", _markdown_table(board)]
         if board.few_seeds_note:
             lines += ["", board.few_seeds_note]
-        if board.references:
-            lines += ["", "References: " + "; ".join(f"{m}: {ref}" for m, ref in board.references) + "."]
+        if board.citations:
+            lines += ["", "References: " + "; ".join(f"{m}: {ref}" for m, ref in board.citations) + "."]
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
 
-def _write_atomic(text: str, path: str | os.PathLike) -> None:
-    """Write via a temp file in the same directory, then os.replace: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_leaderboard(records: list[dict], path: str | os.PathLike) -> None:
-    """Render and write atomically (temp file in the same directory, then os.replace)."""
-    _write_atomic(render_leaderboard(records), path)
+def write_leaderboard(records: Iterable[RunRecord], path: str | os.PathLike) -> None:
+    """Render and write atomically."""
+    atomic_write(path, render_leaderboard(records))

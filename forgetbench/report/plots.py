@@ -6,6 +6,7 @@ dates or software stamps in the metadata, and records sorted before drawing.
 """
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,17 +17,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..atomic import atomic_write
 from ..errors import SpecError
-from ..results import summarize_heldout
-from .correlation import DRIFTS, _field, _num, _params_str, correlation_markdown, correlations, points
+from ..evaluate.drift_metrics import DRIFT_METRICS, DriftMetric, drift_metrics
+from .correlation import _params_str, correlation_markdown, correlations, points
 
 Y_LABEL = "ΔLP (points, fine-tuned − pre-trained)"
-X_LABELS = {
-    "otdd": "OTDD (held-out features, pre-trained vs fine-tuned)",
-    "l2": "L2 drift (held-out features, pre-trained vs fine-tuned)",
-    "kernel": "kernel drift (CKA-like, held-out features, pre-trained vs fine-tuned)",
-}
-NAMES = {"otdd": "OTDD", "l2": "L2", "kernel": "kernel"}
 _RC = {"svg.hashsalt": "forgetbench", "svg.fonttype": "path", "font.size": 9, "axes.titlesize": 9}
 _DPI = 150
 
@@ -38,10 +34,19 @@ def _paths(out_prefix: Path, *suffixes: str) -> list[Path]:
     return [out_prefix.parent / f"{out_prefix.name}.{s}" for s in suffixes]
 
 
-def _save(fig: Figure, png: Path, svg: Path) -> None:
+def figure_bytes(fig: Figure) -> tuple[bytes, bytes]:
+    """The figure as PNG and SVG bytes, without dates or software stamps (the same figure gives the same bytes)."""
     FigureCanvasAgg(fig)
-    fig.savefig(png, dpi=_DPI, metadata={"Software": None})
-    fig.savefig(svg, metadata={"Date": None})
+    png, svg = io.BytesIO(), io.BytesIO()
+    fig.savefig(png, format="png", dpi=_DPI, metadata={"Software": None})
+    fig.savefig(svg, format="svg", metadata={"Date": None})
+    return png.getvalue(), svg.getvalue()
+
+
+def _save(fig: Figure, png: Path, svg: Path) -> None:
+    png_bytes, svg_bytes = figure_bytes(fig)
+    atomic_write(png, png_bytes)
+    atomic_write(svg, svg_bytes)
 
 
 def _colours(methods: list[str]) -> dict[str, Any]:
@@ -83,9 +88,9 @@ def plot_correlation(records: Iterable[Mapping[str, Any]], out_prefix: Path, per
     df = points(records, per_checkpoint=per_checkpoint)
     if df.empty:
         raise SpecError("plot_correlation: the records have no held-out datasets, so there is nothing to correlate")
-    present = [d for d in ("otdd", "l2", "kernel") if df[d].notna().any() and df["delta_lp"].notna().any()]
+    present = [m.name for m in _figure_order() if df[m.name].notna().any() and df["delta_lp"].notna().any()]
     if not present:
-        raise SpecError(f"plot_correlation: no record has a drift metric ({', '.join(DRIFTS)}) under "
+        raise SpecError(f"plot_correlation: no record has a drift metric ({', '.join(DRIFT_METRICS.names())}) under "
                         f"metrics.heldout.<dataset>.drift; run a task whose evaluation computes drift")
     table = correlations(df, drifts=present, target="delta_lp", n_boot=n_boot, seed=seed)
     png, svg, md = _paths(out_prefix, "png", "svg", "md")
@@ -93,7 +98,8 @@ def plot_correlation(records: Iterable[Mapping[str, Any]], out_prefix: Path, per
     colours = _colours(methods)
     width = max(6.0, 4.4 * len(present))
     units = list(dict.fromkeys(table["unit"]))
-    unit = units[0] if len(units) == 1 else "; ".join(f"{NAMES[d]}: {u}" for d, u in zip(table["drift"], table["unit"]))
+    unit = units[0] if len(units) == 1 else "; ".join(f"{DRIFT_METRICS.get(d).title}: {u}"
+                                                      for d, u in zip(table["drift"], table["unit"]))
 
     with mpl.rc_context(_RC):
         fig = Figure(figsize=(width, 5.0), layout="constrained")
@@ -112,8 +118,9 @@ def plot_correlation(records: Iterable[Mapping[str, Any]], out_prefix: Path, per
             ax.axhline(0.0, color="0.6", linewidth=0.8, linestyle="--", zorder=0)
             pearson = _coef_ci(row.pearson_r, row.pearson_lo, row.pearson_hi)
             spearman = _coef_ci(row.spearman_rho, row.spearman_lo, row.spearman_hi)
-            ax.set_title(f"{NAMES[d]} (n = {row.n})\nPearson r = {pearson}\nSpearman ρ = {spearman}")
-            ax.set_xlabel("\n".join(textwrap.wrap(X_LABELS[d], 40)))
+            metric = DRIFT_METRICS.get(d)
+            ax.set_title(f"{metric.title} (n = {row.n})\nPearson r = {pearson}\nSpearman ρ = {spearman}")
+            ax.set_xlabel("\n".join(textwrap.wrap(metric.description, 40)))
             ax.grid(True, linewidth=0.4, alpha=0.5)
         axes[0].set_ylabel(Y_LABEL)
         note = " Hollow markers: training checkpoints." if per_checkpoint and (~df["final"]).any() else ""
@@ -123,83 +130,68 @@ def plot_correlation(records: Iterable[Mapping[str, Any]], out_prefix: Path, per
         _legend(fig, colours, line=False)
         _save(fig, png, svg)
 
-    md.write_text(
-        "# " + _tasks_title("Forgetting vs feature drift", df["task"]) + "\n\n"
+    atomic_write(
+        md, "# " + _tasks_title("Forgetting vs feature drift", df["task"]) + "\n\n"
         f"Correlation of each held-out feature drift with ΔLP (points, fine-tuned − pre-trained; negative = "
         f"forgetting). Brackets are percentile-bootstrap 95% CIs ({n_boot} resamples of points, seed {seed}).\n\n"
-        + correlation_markdown(table) + "\n", encoding="utf-8")
+        + correlation_markdown(table) + "\n")
     return [png, svg, md]
 
 
 # ------------------------------------------------------------------------------------------------ trajectories
 
-def _trajectory(rec: Mapping[str, Any], where: str) -> list[tuple[int, float, float, float]]:
-    """(step, mean ΔLP, mean OTDD, mean L2) per checkpoint, sorted by step, plus the final model if later."""
-    out = {}
-    for j, cp in enumerate(rec["trajectory"]):
-        w = f"{where}: trajectory[{j}]"
-        step = _field(cp, "step", w)
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise SpecError(f"{w}.step must be an integer, got {step!r}")
-        s = cp.get("summary") or summarize_heldout(cp.get("heldout") or {})
-        out[step] = (_num(s.get("delta_lp_mean"), f"{w}.summary.delta_lp_mean"),
-                     _num(s.get("drift_otdd_mean"), f"{w}.summary.drift_otdd_mean"),
-                     _num(s.get("drift_l2_mean"), f"{w}.summary.drift_l2_mean"))
-    final_step = (rec.get("training") or {}).get("steps")
+def _figure_order() -> list[DriftMetric]:
+    return sorted(drift_metrics(), key=lambda m: m.figure_rank)
+
+
+def _trajectory(rec: Any) -> list[tuple[int, float, dict[str, float]]]:
+    """(step, mean ΔLP, mean of each drift) per checkpoint, sorted by step, plus the final model if later."""
+    def point(summary: Mapping[str, float]) -> tuple[float, dict[str, float]]:
+        return (summary.get("delta_lp_mean", np.nan),
+                {m.name: summary.get(m.summary_key, np.nan) for m in drift_metrics()})
+
+    out = {cp.step: point(cp.summary) for cp in rec.trajectory}
+    final_step = (rec.training or {}).get("steps")
     if isinstance(final_step, int) and final_step > max(out):  # the finished model ends the line
-        s = rec["metrics"].get("summary") or {}
-        out[final_step] = (_num(s.get("delta_lp_mean"), f"{where}: metrics.summary.delta_lp_mean"),
-                           _num(s.get("drift_otdd_mean"), f"{where}: metrics.summary.drift_otdd_mean"),
-                           _num(s.get("drift_l2_mean"), f"{where}: metrics.summary.drift_l2_mean"))
+        out[final_step] = point(rec.metrics.summary)
     return [(k, *out[k]) for k in sorted(out)]
 
 
-def plot_trajectories(records: Iterable[Mapping[str, Any]], out_prefix: Path) -> list[Path]:
-    """Mean ΔLP against mean OTDD and against mean L2 along training: one line per run, colour per method.
+def plot_trajectories(records: Iterable[Any], out_prefix: Path) -> list[Path]:
+    """Mean ΔLP against each mean drift along training: one panel per drift metric, one line per run, colour per
+    method.
 
     Uses each record's ``trajectory`` checkpoints (and its final metrics when training ran past the last
     checkpoint); records without a trajectory are ignored. Writes ``<out_prefix>.png`` and ``.svg``.
     Raises SpecError (a ValueError) when no record has a trajectory.
     """
-    runs = []
-    for i, rec in enumerate(records):
-        if not isinstance(rec, Mapping) or not rec.get("trajectory"):
-            continue
-        where = f"record {i} (run_id {rec.get('run_id')})"
-        if not isinstance(rec["trajectory"], list):
-            raise SpecError(f"{where}: trajectory must be a list of checkpoints, "
-                            f"got {type(rec['trajectory']).__name__}")
-        _field(rec, "metrics.heldout", where)
-        key = (_field(rec, "task.name", where), _field(rec, "method.name", where),
-               _params_str(_field(rec, "method.params", where)), _field(rec, "seed", where), str(rec.get("run_id")))
-        runs.append((key, _trajectory(rec, where)))
+    runs = [((r.task.name, r.method.name, _params_str(r.method.params), r.seed, r.run_id), _trajectory(r))
+            for r in records if r.trajectory]
     if not runs:
         raise SpecError("no record has a trajectory; run a task with evaluate.checkpoints > 0")
     runs.sort(key=lambda r: r[0])
     methods = sorted({k[1] for k, _ in runs})
     colours = _colours(methods)
     png, svg = _paths(out_prefix, "png", "svg")
+    metrics = [m for m in _figure_order() if any(np.isfinite(t[2][m.name]) for _, traj in runs for t in traj)] \
+        or _figure_order()[:1]
 
     with mpl.rc_context(_RC):
-        fig = Figure(figsize=(9.6, 5.0), layout="constrained")
-        axes = fig.subplots(1, 2, sharey=True)
-        for ax, col, d in ((axes[0], 2, "otdd"), (axes[1], 3, "l2")):
-            drawn = 0
+        fig = Figure(figsize=(4.8 * len(metrics), 5.0), layout="constrained")
+        axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+        for ax, metric in zip(axes, metrics):
             for key, traj in runs:
-                xy = np.array([(t[col], t[1]) for t in traj if np.isfinite(t[col]) and np.isfinite(t[1])])
+                xy = np.array([(t[2][metric.name], t[1]) for t in traj
+                               if np.isfinite(t[2][metric.name]) and np.isfinite(t[1])])
                 if len(xy):
                     ax.plot(xy[:, 0], xy[:, 1], color=colours[key[1]], marker="o", markersize=3.5, linewidth=1.2,
                             alpha=0.85)
                     ax.plot(xy[-1:, 0], xy[-1:, 1], color=colours[key[1]], marker="o", markersize=7,
                             linestyle="none")  # the end of training, so the direction of each line is visible
-                    drawn += 1
-            if not drawn:
-                ax.text(0.5, 0.5, f"no {NAMES[d]} in the trajectories", transform=ax.transAxes, ha="center",
-                        va="center", color="0.4")
             ax.axhline(0.0, color="0.6", linewidth=0.8, linestyle="--", zorder=0)
             ax.set_xlabel("\n".join(textwrap.wrap(
-                "mean " + X_LABELS[d].replace("held-out features", "over held-out datasets; features"), 55)))
-            ax.set_title(f"ΔLP vs {NAMES[d]} along training")
+                "mean " + metric.description.replace("held-out features", "over held-out datasets; features"), 55)))
+            ax.set_title(f"ΔLP vs {metric.title} along training")
             ax.grid(True, linewidth=0.4, alpha=0.5)
         axes[0].set_ylabel("mean " + Y_LABEL + "\nover held-out datasets")
         fig.suptitle(_tasks_title("Forgetting along training", (k[0] for k, _ in runs))

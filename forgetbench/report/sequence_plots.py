@@ -1,5 +1,4 @@
-"""Figures of the sequence and absent-class protocols: the accuracy matrix R per method, held-out accuracy over the
-steps of a sequence, and accuracies before and after calibration under absent classes.
+"""Figures of the sequence protocol: the accuracy matrix R per method and held-out accuracy over the steps.
 
 Same conventions as ``plots.py``: matplotlib's object API on an Agg canvas, deterministic bytes, records sorted first.
 Values are means over seeds (runs of one method with different parameters are kept apart by a params label).
@@ -7,48 +6,45 @@ Values are means over seeds (runs of one method with different parameters are ke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
 from ..errors import SpecError
-from ..results import SEQUENCE_SCHEMA
 from .correlation import _params_str
 from .plots import _RC, _colours, _legend, _paths, _save, _tasks_title
 
 KIND_NAMES = {"zs": "zero-shot", "lp": "linear-probe"}
 
 
-def _label(rec: Mapping[str, Any], with_params: bool) -> str:
-    params = _params_str(rec["method"]["params"])
-    return f"{rec['method']['name']} ({params})" if with_params and params else rec["method"]["name"]
+def _label(rec: Any, with_params: bool) -> str:
+    params = _params_str(rec.method.params)
+    return f"{rec.method.name} ({params})" if with_params and params else rec.method.name
 
 
-def _grouped(records: Iterable[Mapping[str, Any]], keep) -> tuple[dict[str, list], list[Mapping]]:
-    """Records that ``keep`` accepts, by method label (params shown when one method has several), sorted."""
-    recs = sorted((r for r in records if keep(r)),
-                  key=lambda r: (r["task"]["name"], r["method"]["name"], _params_str(r["method"]["params"]), r["seed"]))
+def grouped(records: Iterable[Any]) -> tuple[dict[str, list], list]:
+    """Records by method label (params shown when one method has several), sorted."""
+    recs = sorted(records, key=lambda r: (r.task.name, r.method.name, _params_str(r.method.params), r.seed))
     variants: dict[str, set] = {}
     for r in recs:
-        variants.setdefault(r["method"]["name"], set()).add(_params_str(r["method"]["params"]))
+        variants.setdefault(r.method.name, set()).add(_params_str(r.method.params))
     groups: dict[str, list] = {}
     for r in recs:
-        groups.setdefault(_label(r, len(variants[r["method"]["name"]]) > 1), []).append(r)
+        groups.setdefault(_label(r, len(variants[r.method.name]) > 1), []).append(r)
     return groups, recs
 
 
 def _sequence_records(records, kind: str | None) -> tuple[dict[str, list], str]:
-    groups, recs = _grouped(records, lambda r: r.get("schema") == SEQUENCE_SCHEMA)
+    groups, recs = grouped(records)
     if not recs:
         raise SpecError("no sequence records (forgetbench.sequence/1); run a task with a sequence section first")
-    layouts = {(tuple(s["name"] for s in r["sequence"]["steps"]), tuple(r["sequence"]["heldout"])) for r in recs}
+    layouts = {(tuple(s.name for s in r.sequence.steps), tuple(r.sequence.heldout)) for r in recs}
     if len(layouts) > 1:
         raise SpecError(f"the sequence records have {len(layouts)} different step/held-out layouts; plot one task "
                         f"at a time (--task)")
-    kinds = [k for k in recs[0]["sequence"]["accuracy"] if all(k in r["metrics"] for r in recs)]
+    kinds = [k for k in recs[0].sequence.accuracy if all(getattr(r.metrics, k) is not None for r in recs)]
     if kind is None:
         kind = kinds[0] if kinds else None
     if kind not in kinds:
@@ -56,13 +52,13 @@ def _sequence_records(records, kind: str | None) -> tuple[dict[str, list], str]:
     return groups, kind
 
 
-def plot_sequence_matrices(records: Iterable[Mapping[str, Any]], out_prefix: Path, kind: str | None = None) -> list[Path]:
+def plot_sequence_matrices(records: Iterable[Any], out_prefix: Path, kind: str | None = None) -> list[Path]:
     """One heat-map per method: rows = the pre-trained model, then after each step; columns = the steps' datasets,
     then the held-out ones (right of the white line). Cells are mean accuracies over seeds. PNG + SVG."""
     groups, kind = _sequence_records(records, kind)
     first = next(iter(groups.values()))[0]
-    steps = [s["name"] for s in first["sequence"]["steps"]]
-    heldout = list(first["sequence"]["heldout"])
+    steps = [s.name for s in first.sequence.steps]
+    heldout = list(first.sequence.heldout)
     T, K = len(steps), len(heldout)
     rows = ["pre-trained"] + [f"after {i + 1}: {s}" for i, s in enumerate(steps)]
     png, svg = _paths(out_prefix, "png", "svg")
@@ -75,9 +71,9 @@ def plot_sequence_matrices(records: Iterable[Mapping[str, Any]], out_prefix: Pat
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
         image = None
         for ax, (label, recs) in zip(axes, groups.items()):
-            m = [r["metrics"][kind] for r in recs]
-            top = np.mean([x["reference"] + x["heldout_reference"] for x in m], axis=0)
-            body = np.mean([np.hstack([np.array(x["R"]), np.array(x["heldout"]).reshape(T, K)]) for x in m], axis=0)
+            m = [getattr(r.metrics, kind) for r in recs]
+            top = np.mean([list(x.reference) + list(x.heldout_reference) for x in m], axis=0)
+            body = np.mean([np.hstack([np.array(x.R), np.array(x.heldout).reshape(T, K)]) for x in m], axis=0)
             grid = np.vstack([top, body])
             image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
             for (i, j), v in np.ndenumerate(grid):
@@ -92,21 +88,21 @@ def plot_sequence_matrices(records: Iterable[Mapping[str, Any]], out_prefix: Pat
             ax.set_visible(False)
         fig.colorbar(image, ax=list(axes[:n]), shrink=0.8, label=f"{KIND_NAMES[kind]} accuracy (%)")
         fig.suptitle(_tasks_title(f"Accuracy matrix R after each step ({KIND_NAMES[kind]})",
-                                  (r["task"]["name"] for rs in groups.values() for r in rs)), fontsize=10)
+                                  (r.task.name for rs in groups.values() for r in rs)), fontsize=10)
         _save(fig, png, svg)
     return [png, svg]
 
 
-def plot_sequence_heldout(records: Iterable[Mapping[str, Any]], out_prefix: Path, kind: str | None = None) -> list[Path]:
+def plot_sequence_heldout(records: Iterable[Any], out_prefix: Path, kind: str | None = None) -> list[Path]:
     """Mean accuracy over the held-out datasets against the step (0 = pre-trained), one line per method: mean over
     seeds, band = min..max over seeds. PNG + SVG."""
     groups, kind = _sequence_records(records, kind)
     first = next(iter(groups.values()))[0]
-    heldout = first["sequence"]["heldout"]
+    heldout = first.sequence.heldout
     if not heldout:
         raise SpecError("the sequence has no held-out datasets (evaluate.datasets), so there is no held-out accuracy "
                         "to plot")
-    steps = [s["name"] for s in first["sequence"]["steps"]]
+    steps = [s.name for s in first.sequence.steps]
     colours = _colours(list(groups))
     png, svg = _paths(out_prefix, "png", "svg")
     with mpl.rc_context(_RC):
@@ -114,8 +110,8 @@ def plot_sequence_heldout(records: Iterable[Mapping[str, Any]], out_prefix: Path
         ax = fig.subplots()
         x = np.arange(len(steps) + 1)
         for label, recs in groups.items():
-            curves = np.array([[np.mean(r["metrics"][kind]["heldout_reference"])]
-                               + [float(np.mean(row)) for row in r["metrics"][kind]["heldout"]] for r in recs])
+            curves = np.array([[np.mean(getattr(r.metrics, kind).heldout_reference)]
+                               + [float(np.mean(row)) for row in getattr(r.metrics, kind).heldout] for r in recs])
             ax.plot(x, curves.mean(0), color=colours[label], marker="o", markersize=4, linewidth=1.4)
             if len(recs) > 1:
                 ax.fill_between(x, curves.min(0), curves.max(0), color=colours[label], alpha=0.15, linewidth=0)
@@ -124,52 +120,8 @@ def plot_sequence_heldout(records: Iterable[Mapping[str, Any]], out_prefix: Path
         ax.set_ylabel(f"mean {KIND_NAMES[kind]} accuracy (%) over\n{', '.join(heldout)}")
         ax.grid(True, linewidth=0.4, alpha=0.5)
         fig.suptitle(_tasks_title("Held-out accuracy along the sequence",
-                                  (r["task"]["name"] for rs in groups.values() for r in rs))
+                                  (r.task.name for rs in groups.values() for r in rs))
                      + "\nline: mean over seeds; band: min to max over seeds", fontsize=10)
         _legend(fig, colours, line=True)
-        _save(fig, png, svg)
-    return [png, svg]
-
-
-ABSENT_BARS = [("acc", "seen_all", "seen/all"), ("calibrated", "seen_all", "seen/all, calibrated"),
-               ("acc", "absent_all", "absent/all"), ("calibrated", "absent_all", "absent/all, calibrated"),
-               ("acc", "all_all", "all/all"), ("calibrated", "all_all", "all/all, calibrated")]
-
-
-def plot_absent(records: Iterable[Mapping[str, Any]], out_prefix: Path) -> list[Path]:
-    """Grouped bars per method (and the pre-trained zero-shot head): seen/all, absent/all and all/all, each before
-    and after the average-logit-gap calibration; error bars = min..max over seeds; AUSUC in the labels.
-    PNG + SVG."""
-    groups, recs = _grouped(records, lambda r: "absent" in (r.get("metrics") or {}))
-    if not recs:
-        raise SpecError("no absent-class records (metrics.absent); run a task with finetune.seen_classes first")
-    blocks = {"pre-trained (zero-shot)": [r["metrics"]["absent"]["reference"] for r in recs[:1]]}
-    if "acc" not in blocks["pre-trained (zero-shot)"][0]:
-        blocks = {}  # no text tower: no pre-trained classifier over every class
-    blocks.update({label: [r["metrics"]["absent"] for r in rs] for label, rs in groups.items()})
-    png, svg = _paths(out_prefix, "png", "svg")
-    pairs = mpl.colormaps["tab20"]  # dark / light pairs: before / after calibration share a hue
-    colours = {name: pairs(i) for i, (_, _, name) in enumerate(ABSENT_BARS)}
-    width = 0.8 / len(ABSENT_BARS)
-    with mpl.rc_context(_RC):
-        fig = Figure(figsize=(max(6.4, 1.3 * len(blocks) + 2), 4.8), layout="constrained")
-        ax = fig.subplots()
-        for b, (section, key, name) in enumerate(ABSENT_BARS):
-            vals = [np.array([m[section][key] for m in ms]) for ms in blocks.values()]
-            mean = np.array([v.mean() for v in vals])
-            err = np.array([[m - v.min() for m, v in zip(mean, vals)], [v.max() - m for m, v in zip(mean, vals)]])
-            err = np.clip(err, 0, None)  # equal seeds: the mean can exceed the max by rounding, and matplotlib refuses
-            ax.bar(np.arange(len(blocks)) + (b - (len(ABSENT_BARS) - 1) / 2) * width, mean, width,
-                   color=colours[name], yerr=err, capsize=2, error_kw={"linewidth": 0.8})
-        labels = [f"{label}\nAUSUC {np.mean([m['ausuc'] for m in ms]):.3f}" for label, ms in blocks.items()]
-        ax.set_xticks(np.arange(len(blocks)), labels, fontsize=8)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
-        seen = recs[0]["metrics"]["absent"]["seen_classes"]
-        fig.suptitle(_tasks_title("Absent classes: accuracy before and after calibration", (r["task"]["name"] for r in recs))
-                     + f"\nseen classes: {', '.join(seen)}; bars: mean over seeds, whiskers: min to max", fontsize=10)
-        fig.legend(handles=[Patch(color=c, label=name) for name, c in colours.items()], loc="outside lower center",
-                   ncols=3, frameon=False)
         _save(fig, png, svg)
     return [png, svg]

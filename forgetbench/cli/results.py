@@ -1,0 +1,88 @@
+"""Commands over results: ``leaderboard``, ``plot``, ``validate-results``, ``submit`` and ``audit``."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+from ..audit import FailCondition, audit, write_report
+from ..errors import SpecError
+from ..protocol import figure_protocol
+from ..records import ResultStore
+from ..report.html import write_leaderboard_html
+from ..report.leaderboard import write_leaderboard
+from ..submit import SubmissionError, check_submission, submit
+
+
+def cmd_leaderboard(args) -> int:
+    records = ResultStore(args.results).load()
+    html = args.html or str(Path(args.out).with_suffix(".html"))
+    figures = args.figures or str(Path(args.results) / "figures")
+    write_leaderboard(records, args.out)
+    write_leaderboard_html(records, html, figures)
+    print(f"wrote {args.out} and {html} (figures from {figures}/) from {len(records)} records in {args.results}/")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    records = [r for r in ResultStore(args.results).load() if not args.task or r.task.name in args.task]
+    if not records:
+        raise SpecError(f"no result records in {args.results}/"
+                        + (f" for task(s) {', '.join(args.task)}" if args.task else ""))
+    paths = figure_protocol(args.kind).plot(args.kind, records, args.out, per_checkpoint=args.per_checkpoint)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _print_problems(problems) -> None:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+
+
+def cmd_validate_results(args) -> int:
+    status = 0
+    for path in args.files:
+        sub = check_submission(path, args.results)
+        if sub.problems:
+            _print_problems(sub.problems)
+            print(f"forgetbench: error: {path}: {len(sub.problems)} problem(s)", file=sys.stderr)
+            status = 2
+            continue
+        runs = Counter(f"{r['task']['name']} v{r['task']['version']}" for _, r in sub.records)
+        stored = f"; {len(sub.already_stored)} already stored identically" if sub.already_stored else ""
+        print(f"{path}: ok, {len(sub.records)} new record(s) ({', '.join(f'{t}: {n}' for t, n in sorted(runs.items())) or '-'})"
+              f"{stored}")
+    return status
+
+
+def cmd_submit(args) -> int:
+    try:
+        result = submit(args.file, args.results)
+    except SubmissionError as e:
+        _print_problems(e.problems)
+        print(f"forgetbench: error: {args.file}: refused ({len(e.problems)} problem(s)); {args.results}/ is unchanged",
+              file=sys.stderr)
+        return e.exit_code
+    for path, n in result.added.items():
+        print(f"added {n} record(s) to {path}")
+    if result.already_stored:
+        print(f"{len(result.already_stored)} record(s) were already stored identically; skipped")
+    if result.added:
+        print(f"regenerate the leaderboard with: forgetbench leaderboard --results {args.results}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    conditions = [FailCondition.parse(c) for c in args.fail_if or []]  # a typo fails now, not after the evaluation
+    result = audit(args.reference, args.tuned, args.suite, exclude=tuple(args.exclude or ()), device=args.device,
+                   seed=args.seed)
+    paths = write_report(result, args.out)
+    print(result["summary_line"])
+    print("wrote " + ", ".join(str(p) for p in paths))
+    failed = []
+    for c in conditions:
+        value = c.value(result)
+        holds = c.holds(result)
+        print(f"--fail-if {c.text}: {c.metric} = {value:+.4f}: {'holds, failing' if holds else 'does not hold'}")
+        failed += [c] if holds else []
+    return 1 if failed else 0

@@ -1,0 +1,125 @@
+"""``forgetbench run`` and ``forgetbench sweep``: the runs of a task, here or on a cluster, whatever its protocol."""
+from __future__ import annotations
+
+import builtins
+import importlib
+import os
+import time
+from pathlib import Path
+
+from ..data import DATASETS
+from ..distributed import shutdown
+from ..dryrun import dry_run
+from ..errors import ForgetbenchError, SpecError
+from ..launchers import LocalLauncher, RunJob, SlurmLauncher
+from ..methods import METHODS
+from ..models import MODELS
+from ..protocol import protocol_for
+from ..records import ResultStore
+from ..report.leaderboard import render_leaderboard
+from ..run import requested_options, run_one, weights_path
+from ..sweep import expand, parse_grid, plan
+from ..tasks import check_names, load_task
+from ..train import TrainOptions
+
+
+def cmd_run(args) -> int:
+    task = load_task(args.task)
+    methods = args.methods or list(task.methods)
+    check_names(task, DATASETS, MODELS, METHODS)
+    for m in methods:
+        if not m.endswith(".py"):
+            METHODS.get(m)
+    if args.dry_run:
+        dry_run(task, methods, device=args.device or "cpu", batch=args.dry_run_batch)
+        return 0
+    seeds = args.seeds if args.seeds is not None else list(task.seeds)
+    store = ResultStore(args.results)
+    options = _train_options(args)
+    protocol = protocol_for(task)
+    weights_dir = args.weights_dir if args.save_weights else None
+    protocol.check_execution(requested_options(options, args.checkpoint_every, weights_dir))  # before any work
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    print = builtins.print if main_process else (lambda *a, **k: None)
+    print(f"task {task.name} v{task.version}: {protocol.describe(task)}; held out: "
+          f"{', '.join(task.evaluate.datasets) or 'none'}; methods {', '.join(methods)}; seeds {seeds}; "
+          f"results -> {args.results}/")
+    start = time.time()
+    for method in methods:
+        for seed in seeds:
+            t = time.time()
+            record = run_one(task, method, seed, store, device=args.device, force=args.force,
+                             progress=not args.quiet, options=options, checkpoint_every=args.checkpoint_every,
+                             weights_dir=weights_dir)
+            if record is None:
+                if main_process:
+                    print(f"  {method:>10} seed {seed}: already recorded, skipped (use --force to rerun)")
+                continue
+            print(f"  {method:>10} seed {seed}: {protocol.summary_line(record)}  ({time.time() - t:.0f}s)")
+            if weights_dir is not None:
+                saved = weights_path(weights_dir, task.name, record.method.name, seed, record.run_id)
+                print(f"  {'':>10} weights -> {saved}")
+    print(f"done in {time.time() - start:.0f}s\n")
+    print(render_leaderboard(store.load(task.name)))
+    if not main_process:
+        shutdown()
+    return 0
+
+
+def _train_options(args):
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise SpecError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {args.checkpoint_every}")
+    return TrainOptions(micro_batch=args.micro_batch, channels_last=args.channels_last, compile=args.compile,
+                        workers=args.workers)
+
+
+def _import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise SpecError(f"--import {module}: cannot import it ({e}); it must be importable in every job too") from None
+
+
+def cmd_sweep(args) -> int:
+    for module in args.imports:
+        _import(module)
+    task = load_task(args.task)
+    check_names(task, DATASETS, MODELS, METHODS)
+    methods = args.methods or list(task.methods)
+    seeds = args.seeds if args.seeds is not None else list(task.seeds)
+    options = vars(_train_options(args))
+    runs = expand(task, methods, seeds, parse_grid(args.grid))
+    todo, done = plan(task, runs, ResultStore(args.results))
+    print(f"sweep {task.name} v{task.version}: {len(runs)} runs ({len(methods)} methods, {len(seeds)} seeds"
+          f"{', grid ' + ' '.join(args.grid) if args.grid else ''}); {len(done)} already recorded in "
+          f"{args.results}/, launching {len(todo)} ({args.launcher})")
+    if not todo:
+        return 0
+    if args.launcher == "slurm":
+        folder = args.slurm_folder
+        if folder is None:  # job logs and pickles are scratch, even inside a committed results folder
+            logs = Path(args.results) / "slurm"
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / ".gitignore").write_text("*\n")
+            folder = str(logs.resolve() / "%j")
+        launcher = SlurmLauncher(folder=folder, cluster=args.slurm_cluster, partition=args.partition,
+                                 time_min=args.time, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                                 mem_gb=args.mem_gb, parallel=args.parallel, max_requeues=args.max_requeues,
+                                 account=args.account, wait=args.wait, name=f"forgetbench-{task.name}")
+        resumable = "checkpoint_every" in protocol_for(task).execution_options
+        every = (100 if resumable else 0) if args.checkpoint_every is None else args.checkpoint_every  # resumes
+    else:
+        launcher, every = LocalLauncher(args.jobs), args.checkpoint_every or 0
+    results = str(Path(args.results).resolve())  # jobs may start in another directory
+    jobs = [RunJob(task=task.to_dict(), method=r.method, params=r.params, seed=r.seed, results=results,
+                   label=r.label, device=args.device, options=options, checkpoint_every=every,
+                   imports=tuple(args.imports)) for r in todo]
+    outcomes = launcher.launch(jobs, report=lambda o: print(f"  {o.label}: {o.status}"
+                                                             + (f" ({o.detail})" if o.detail else "")))
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise ForgetbenchError(f"{len(failed)} of {len(jobs)} runs failed (reasons in {args.results}/failures.jsonl); "
+                               f"rerun the same sweep to retry them")
+    return 0
+
+

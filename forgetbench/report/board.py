@@ -1,0 +1,138 @@
+"""A leaderboard table (``Board``): one row per (method, params), cells aggregated over seeds, ranked by one column.
+
+Every protocol builds its table here (``build_board``) from its own columns; the Markdown and HTML leaderboards both
+render the same boards, so they always show the same data. Cells depend only on the set of records, never on their
+order.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..methods import METHODS
+
+FEW_SEEDS = "†"  # marks a row with fewer seeds than its task requires
+#: The leading columns of every board, with the names they go by in the HTML page's ``#sort=`` links.
+LEADING = {"Rank": "rank", "Method": "method", "Params": "params", "Seeds": "seeds"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its title, the per-record value it aggregates (None: the record has none), how the cell shows
+    the values of a row's seeds (``mean``, ``mean_signed``, ``mean_std``, ``mean_std_signed``, ``fraction``), and its ``#sort=``
+    name (default: the title, slugged). ``optional`` columns are shown only when some record has a value."""
+
+    title: str
+    value: Callable[[Any], float | None]
+    style: str = "mean"
+    key: str | None = None
+    optional: bool = False
+
+
+@dataclass
+class Board:
+    """One task's ranked table, as text cells (shown) and sort keys (numbers where the column is numeric)."""
+
+    task: str
+    version: int
+    note: str
+    older: str | None  # "version 1 (6 records)" when older versions exist; they are not ranked
+    titles: list[str]
+    rows: list[dict[str, str]]
+    sort_keys: list[dict[str, float | str]]
+    citations: list[tuple[str, str]]  # (method, its citation)
+    required_seeds: int | None  # seeds the task file asks for; rows with fewer are marked
+    keys: dict[str, str]  # column title -> its ``#sort=`` name, where it is not the slugged title
+
+    @property
+    def few_seeds_note(self) -> str | None:
+        if not any(r["Seeds"].endswith(FEW_SEEDS) for r in self.rows):
+            return None
+        return (f"{FEW_SEEDS} fewer seeds than the task's {self.required_seeds} (its `seeds`): the mean is less certain "
+                "and the rank not comparable.")
+
+
+# ------------------------------------------------------------------------------------------------- number helpers
+
+def mean(xs: Sequence[float]) -> float:
+    return math.fsum(xs) / len(xs)  # exact sum: independent of record order
+
+
+def _std(xs: Sequence[float]) -> float:
+    m = mean(xs)
+    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def fmt(x: float, signed: bool = False, digits: int = 2) -> str:
+    x = round(x, digits) + 0.0  # + 0.0 turns -0.0 into 0.0: no "-0.00"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def cell(values: Sequence[float], style: str) -> str:
+    """The cell of a row's values: their mean (signed for Δ, three decimals for a ``fraction``), with the standard
+    deviation over seeds (n-1) for the ``mean_std`` styles."""
+    if not values:
+        return ""
+    if style == "fraction":
+        return f"{mean(values):.3f}"
+    text = fmt(mean(values), style.endswith("signed"))
+    if style.startswith("mean_std") and len(values) > 1:
+        text += f" ± {fmt(_std(values))}"
+    return text
+
+
+def _param_value(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+def format_params(params: dict[str, Any], method: str | None = None) -> str:
+    """Compact ``k=v, k=v`` (sorted keys) for a table cell: only the values that differ from ``method``'s registered
+    defaults, so that a row reads "defaults" at a glance (a method not registered here shows every value)."""
+    defaults = METHODS.get(method).defaults if method and method in METHODS else {}
+    shown = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
+    return ", ".join(f"{k}={_param_value(shown[k])}" for k in sorted(shown)).replace("|", "\\|")
+
+
+# ------------------------------------------------------------------------------------------------------- boards
+
+def required_seeds(records: list) -> int | None:
+    """The most seeds a record's task asks for (its ``seeds``); rows with fewer are marked."""
+    counts = [len(r.task.spec["seeds"]) for r in records if isinstance(r.task.spec.get("seeds"), list)]
+    return max(counts) if counts else None
+
+
+def build_board(task: str, version: int, records: list, older: str | None, note: str, columns: list[Column],
+                rank_by: str) -> Board:
+    """Rows per (method, params), cells over seeds, ranked by the mean of column ``rank_by`` (highest first; rows
+    without it last; equal means share a rank)."""
+    required = required_seeds(records)
+    groups: dict[tuple[str, str], list] = {}
+    for rec in records:
+        groups.setdefault((rec.method.name, format_params(dict(rec.method.params), rec.method.name)), []).append(rec)
+    shown = [c for c in columns if not c.optional or any(c.value(r) is not None for r in records)]
+    rows = []
+    for (method, params), recs in sorted(groups.items()):
+        n = len({r.seed for r in recs})
+        cells: dict[str, Any] = {"Method": method, "Params": params,
+                                 "Seeds": f"{n} {FEW_SEEDS}" if required is not None and n < required else str(n)}
+        sort: dict[str, Any] = {"Method": method, "Params": params, "Seeds": n}
+        for column in shown:
+            # sorted: the cell must not depend on the order records were read in
+            values = sorted(float(v) for v in map(column.value, recs) if v is not None)
+            cells[column.title] = cell(values, column.style)
+            sort[column.title] = mean(values) if values else -math.inf
+        rows.append((cells, sort))
+    rows.sort(key=lambda r: -r[1][rank_by])  # stable: ties keep the (method, params) order
+    rank, prev = 0, None
+    for i, (cells, sort) in enumerate(rows, start=1):
+        if sort[rank_by] != prev:
+            rank, prev = i, sort[rank_by]
+        cells["Rank"], sort["Rank"] = str(rank), rank
+    titles = [*LEADING, *(c.title for c in shown)]
+    citations = sorted({(r.method.name, r.method.citation) for r in records if r.method.citation})
+    return Board(task=task, version=version, note=note, older=older, titles=titles,
+                 rows=[{t: c[t] for t in titles} for c, _ in rows], sort_keys=[s for _, s in rows],
+                 citations=citations, required_seeds=required,
+                 keys={**LEADING, **{c.title: c.key for c in shown if c.key}})

@@ -1,0 +1,34 @@
+"""The table of every registered method (``forgetbench ls methods --markdown``), which the README embeds."""
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from ..methods import METHODS, Param
+
+
+def _accepts(p: Param) -> str:
+    """What a hyper-parameter takes, in a few characters: a range, the choices, or nothing for a flag."""
+    if p.choices is not None:
+        return "one of " + " / ".join(p.choices)
+    words = p.check.what
+    for prefix in ("an integer ", "a number "):
+        if words.startswith(prefix):
+            return words[len(prefix):]
+    return ""
+
+
+def _cell(text: str) -> str:  # a bare "|" would end the Markdown cell
+    return text.replace("|", "\\|")
+
+
+def methods_markdown(names: list[str] | None = None) -> str:
+    """One row per method (default: every registered one): its name, what it does, its citation, and each
+    hyper-parameter with its default and the values it accepts."""
+    rows = []
+    for name in METHODS.names() if names is None else names:
+        cls = METHODS.get(name)
+        params = ", ".join(f"{k}={p.default}" + (f" ({_accepts(p)})" if _accepts(p) else "")
+                           for k, p in cls.hyperparameters.items())
+        rows.append([f"`{name}`", _cell(cls.description), _cell(cls.citation), _cell(params) or "–"])
+    return tabulate(rows, headers=["method", "what it does", "citation", "hyper-parameters: default (accepted)"],
+                    tablefmt="github")

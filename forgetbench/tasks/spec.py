@@ -1,0 +1,244 @@
+"""The task schema: a versioned fine-tune-then-measure-forgetting protocol, as typed, immutable data.
+
+Each section is a dataclass whose fields declare how their YAML value is checked (``forgetbench.schema``). What a
+protocol asks of a task beyond its types (a fine-tune dataset, or a sequence; held-out datasets that are not trained
+on) is checked by the task's protocol (``forgetbench.protocols``), right after the fields are read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import re
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..errors import SpecError, UnknownNameError
+from ..evaluate.drift_metrics import DRIFT_METRICS
+from ..protocol import protocol_for
+from ..schema import (INVALID, Choice, Custom, Flag, Integer, ListOf, MapOf, Nullable, Number, Problems, Section, Text,
+                      entry, internal, read, to_json)
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+HEAD_INITS = ("zeroshot", "linear-probe")
+ANCHORS = ("previous", "original")  # what a sequence step's method regularises towards
+SEQUENCE_ACCURACIES = ("zs", "lp")  # what fills a sequence's accuracy matrix
+#: The parts of a task that do not define the measurement: its name, its words, and its default methods and seeds.
+NOT_PROTOCOL = ("name", "version", "description", "methods", "method_params", "seeds", "targets")
+
+_DATASET = Text("a dataset name")
+_SPLIT = Text("a split name")
+# numpy and torch both accept seeds in [0, 2**32); anything else would not reproduce everywhere
+_SEED = Integer(0, 2**32 - 1)
+
+
+def _param_value(v: Any, path: str, problems: Problems) -> Any:
+    """Method overrides are JSON scalars or flat lists of them (e.g. a WiSE-FT alpha grid)."""
+    def scalar(x: Any, p: str) -> Any:
+        if x is None or isinstance(x, (bool, str)):
+            return x
+        if isinstance(x, numbers.Integral):
+            return int(x)
+        return Number(coerce=True, what="a number, string, boolean, null or a list of those")(x, p, problems)
+
+    if isinstance(v, (list, tuple)):
+        items = tuple(scalar(x, f"{path}[{i}]") for i, x in enumerate(v))
+        return INVALID if any(x is INVALID for x in items) else items
+    return scalar(v, path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneSpec:
+    """The dataset the model is fine-tuned on, and which of its splits play which role.
+
+    ``seen_classes`` (class names) selects the absent-class protocol: fine-tune on those classes only, evaluate over
+    all of them. A sequence task has no ``dataset`` here (its datasets are in ``sequence``), only the split roles.
+    """
+
+    dataset: str | None = entry(Nullable(_DATASET), None, omit_if_none=True)
+    train_split: str = entry(_SPLIT, "train")
+    val_split: str = entry(_SPLIT, "val")
+    test_split: str = entry(_SPLIT, "test")
+    seen_classes: tuple[str, ...] | None = entry(Nullable(ListOf(Text("a class name"))), None, omit_if_none=True)
+
+    @property
+    def splits(self) -> tuple[str, str, str]:
+        """(train, validation, test) split names: what the linear probe fits on, selects C on and scores on."""
+        return self.train_split, self.val_split, self.test_split
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassSplitSpec:
+    """One dataset cut into ``tasks`` equal groups of classes (Split CIFAR-100 10x10), in a seeded class order."""
+
+    dataset: str = entry(_DATASET)
+    tasks: int = entry(Integer(ge=1))
+    class_order_seed: int | None = entry(Nullable(_SEED), 0)  # null: the dataset's own class order
+
+
+@dataclass(frozen=True, kw_only=True)
+class SequenceSpec:
+    """Continual fine-tuning: steps run in order, each starting from the previous step's encoder.
+
+    Exactly one of ``datasets`` (one step per dataset) and ``split`` (class groups of one dataset). ``anchor`` (key
+    ``reference`` in task files) is the frozen model a step's method regularises towards: the original model, or the
+    previous step's result; ``accuracy`` says what fills the accuracy matrix R (zero-shot and/or the linear probe).
+    """
+
+    datasets: tuple[str, ...] | None = entry(Nullable(ListOf(_DATASET)), None, omit_if_none=True)
+    split: ClassSplitSpec | None = entry(Nullable(Section(ClassSplitSpec)), None, omit_if_none=True)
+    anchor: str = entry(Choice(ANCHORS), "previous", key="reference")
+    accuracy: tuple[str, ...] = entry(ListOf(Choice(SEQUENCE_ACCURACIES)), SEQUENCE_ACCURACIES)
+
+    def finetune_datasets(self) -> tuple[str, ...]:
+        """The registered datasets the steps fine-tune on."""
+        return self.datasets if self.datasets is not None else (self.split.dataset,)
+
+    def check_fields(self, path: str, problems: Problems) -> None:
+        if (self.datasets is None) == (self.split is None):
+            problems.add(path, "give exactly one of sequence.datasets (one step per dataset) and sequence.split "
+                               "(class groups of one dataset: {dataset, tasks, class_order_seed})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearProbeSpec:
+    """The fixed linear-probe protocol: logistic regression, C chosen on the grid by validation accuracy."""
+
+    C_grid: tuple[float, ...] = entry(ListOf(Number(gt=0, coerce=True)), (0.1, 1.0, 10.0, 100.0))
+    max_iter: int = entry(Integer(ge=1), 1000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec:
+    """What is measured on the held-out datasets."""
+
+    datasets: tuple[str, ...] = entry(ListOf(_DATASET, nonempty=False))
+    linear_probe: LinearProbeSpec = entry(Section(LinearProbeSpec), LinearProbeSpec())
+    zero_shot: bool = entry(Flag(), True)  # skipped automatically for models without a text tower
+    drift: tuple[str, ...] = entry(ListOf(Choice(lambda: [m.name for m in DRIFT_METRICS.entries()]), nonempty=False),
+                                   ())
+    checkpoints: int = entry(Integer(ge=0), 0)  # intermediate checkpoints to evaluate; 0 = only the final model
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Fine-tuning hyper-parameters. Exactly one of ``epochs`` / ``steps`` is set."""
+
+    optimizer: str = entry(Choice(OPTIMIZERS), "adamw")
+    lr: float = entry(Number(gt=0, coerce=True))
+    weight_decay: float = entry(Number(ge=0, coerce=True), 0.0)
+    batch_size: int = entry(Integer(ge=1))
+    epochs: int | None = entry(Nullable(Integer(ge=0)), None)
+    steps: int | None = entry(Nullable(Integer(ge=0)), None)
+    warmup_steps: int = entry(Integer(ge=0), 0)
+    schedule: str = entry(Choice(SCHEDULES), "cosine")
+    grad_clip: float | None = entry(Nullable(Number(gt=0, coerce=True)), None)
+    head_init: str = entry(Choice(HEAD_INITS), "zeroshot")
+    label_smoothing: float = entry(Number(ge=0, lt=1, coerce=True), 0.0)
+
+    def check_fields(self, path: str, problems: Problems) -> None:
+        # null counts as absent so that to_dict() output (which carries both keys) loads again
+        if self.epochs is None and self.steps is None:
+            problems.add(f"{path}.epochs", "missing required field: give exactly one of train.epochs or train.steps")
+        elif self.epochs is not None and self.steps is not None:
+            problems.add(f"{path}.steps", "give exactly one of train.epochs or train.steps, not both")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaperTarget:
+    """A published number the task reproduces (its reproduction ledger): where it is, what it measures, its value."""
+
+    paper: str = entry(Text("the paper and table, as text"))  # e.g. "Proxy-FDA (Huang et al., ICML 2025), Table 1"
+    metric: str = entry(Text("what the number measures, as text"))  # in the record's words, e.g. summary.delta_lp_mean
+    method: str | None = entry(Nullable(Text("a method name")), None)  # the method the number belongs to
+    value: float | None = entry(Nullable(Number(coerce=True, what="a number")), None)  # null: no published value
+    note: str = entry(Text("a string", allow_empty=True), "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    """One validated task. Build it with ``from_dict`` or ``load_task``; ``to_dict`` gives the resolved record form.
+
+    ``protocol`` names the task's protocol when it is not the one its sections imply (``forgetbench.protocols``).
+    ``source`` (where it came from) and ``lines`` (dotted field path -> line in that file) only serve error
+    messages; they take no part in equality or ``to_dict``.
+    """
+
+    name: str = entry(Text(f"a name matching {NAME_RE.pattern} (lower-case letters, digits, '.', '_', '-')",
+                           pattern=NAME_RE))
+    version: int = entry(Integer(ge=1))
+    description: str = entry(Text("a string", allow_empty=True), "")
+    model: str = entry(Text("a model name"))
+    protocol: str | None = entry(Nullable(Text("a protocol name")), None, omit_if_none=True)
+    finetune: FinetuneSpec = entry(Section(FinetuneSpec), FinetuneSpec())
+    sequence: SequenceSpec | None = entry(Nullable(Section(SequenceSpec)), None, omit_if_none=True)
+    evaluate: EvalSpec = entry(Section(EvalSpec))
+    train: TrainSpec = entry(Section(TrainSpec))
+    methods: tuple[str, ...] = entry(ListOf(Text("a method name")), ("ft",))
+    method_params: Mapping[str, Mapping[str, Any]] = entry(
+        MapOf(MapOf(Custom(_param_value)), key=Text("a method name")), factory=lambda: MappingProxyType({}))
+    seeds: tuple[int, ...] = entry(ListOf(_SEED))
+    targets: tuple[PaperTarget, ...] | None = entry(Nullable(ListOf(Section(PaperTarget))), None, omit_if_none=True)
+    source: str = internal("<dict>")
+    lines: Mapping[str, int] = internal(factory=dict)
+
+    def check_fields(self, path: str, problems: Problems) -> None:
+        """What the task's protocol asks of it beyond the types of its fields."""
+        try:
+            protocol = protocol_for(self)
+        except UnknownNameError as e:
+            problems.add("protocol", str(e))
+            return
+        protocol.check_task(self, problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved spec (every default filled in) as plain JSON types, for result records."""
+        return to_json(self)
+
+    def measurement(self) -> dict[str, Any]:
+        """The resolved sections that define what is measured (not the task's name, default methods or seeds)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_PROTOCOL}
+
+    def params_for(self, method: str) -> dict[str, Any]:
+        """The task's overrides of ``method``'s hyper-parameters (empty when it has none), as plain types."""
+        return to_json(self.method_params.get(method, {}))
+
+    def where(self, path: str) -> str:
+        """``file:line`` of ``path`` (or of its nearest parent that has a line), else the file alone."""
+        return where(self.source, self.lines, path)
+
+    def error(self, path: str, message: str) -> SpecError:
+        """A one-line error about the field ``path`` of this task, at its file and line."""
+        return spec_error(self.source, self.lines, path, message)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "<dict>", *, lines: Mapping[str, int] | None = None) -> TaskSpec:
+        """Validate a parsed spec; raise ``SpecError`` naming ``source`` (and the line, when ``lines`` has it)."""
+        lines = MappingProxyType(dict(lines or {}))
+        spec = read(cls, d, Problems(raise_at=lambda path, message: spec_error(source, lines, path, message)))
+        return dataclasses.replace(spec, source=source, lines=lines)
+
+
+def where(source: str, lines: Mapping[str, int], path: str) -> str:
+    """``source:line`` of ``path`` (or of its nearest parent that has a line), else ``source`` alone."""
+    line = line_of(lines, path)
+    return f"{source}:{line}" if line is not None else source
+
+
+def spec_error(source: str, lines: Mapping[str, int], path: str, message: str) -> SpecError:
+    at = where(source, lines, path)
+    return SpecError(f"{at}: {path}: {message}" if path else f"{at}: {message}")
+
+
+def line_of(lines: Mapping[str, int], path: str) -> int | None:
+    """Line of ``path``, else of its nearest recorded parent (a missing key is reported at its section)."""
+    if path in lines:
+        return lines[path]
+    for i in range(len(path) - 1, 0, -1):  # cut before each '.' or '[' (longest parent first)
+        if path[i] in ".[" and path[:i] in lines:
+            return lines[path[:i]]
+    return None
+
+
