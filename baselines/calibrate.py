@@ -6,7 +6,7 @@ import torch
 
 from forgetbench.errors import SpecError
 from forgetbench.evaluate.absent import average_logit_gap
-from forgetbench.methods import FinetuneContext, Method, register
+from forgetbench.methods import FinetuneContext, Method, Param, register
 
 
 @register
@@ -20,13 +20,8 @@ class Calibrate(Method):
 
     name = "calibrate"
     description = "fine-tune, then add the average logit gap to absent classes' logits"
-    reference = "Mai et al., Fine-Tuning is Fine, if Calibrated, NeurIPS 2024 (OSU-MLB)"
-    defaults = {"max_samples": 4096}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["max_samples"] < 1:
-            raise SpecError(f"method 'calibrate': max_samples must be >= 1, got {self.params['max_samples']}")
+    citation = "Mai et al., Fine-Tuning is Fine, if Calibrated, NeurIPS 2024 (OSU-MLB)"
+    hyperparameters = {"max_samples": Param(4096, ge=1)}
 
     @torch.no_grad()
     def finalize(self, ctx: FinetuneContext) -> None:

@@ -1,4 +1,4 @@
-"""EWC: a quadratic penalty on weight changes, weighted by the reference's diagonal Fisher information."""
+"""EWC: a quadratic penalty on weight changes, weighted by the starting model's diagonal Fisher information."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.lwf import frozen_initial_head
-from forgetbench.errors import DataError, SpecError
-from forgetbench.methods import Batch, FinetuneContext, Method, register
+from forgetbench.baselines.lwf import frozen_initial_head
+from forgetbench.errors import DataError
+from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
 
 
 def fisher_diagonal(encoder: nn.Module, head: nn.Module, samples: Iterable[tuple[torch.Tensor, int]],
@@ -39,28 +39,23 @@ class EWC(Method):
 
     F is the empirical diagonal Fisher of the *starting* model (encoder + the head before training), estimated in
     ``setup`` on ``fisher_samples`` (256) images of the fine-tune training split, drawn with the run's seed. theta0 is
-    the reference's weights. lam = 1000 is our choice (mammoth requires it and gives no default): F averages per-sample
+    the frozen encoder's weights. lam = 1000 is our choice (mammoth requires it and gives no default): F averages per-sample
     squared gradients, whose typical size is far below 1, so lam must be large for the penalty to matter.
     """
 
     name = "ewc"
     description = "Fisher-weighted squared distance of encoder weights to the starting point"
-    reference = "Kirkpatrick et al., Overcoming catastrophic forgetting in neural networks, PNAS 2017"
-    defaults = {"lam": 1000.0, "fisher_samples": 256}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["fisher_samples"] < 1:
-            raise SpecError(f"method 'ewc': fisher_samples must be >= 1, got {self.params['fisher_samples']}")
+    citation = "Kirkpatrick et al., Overcoming catastrophic forgetting in neural networks, PNAS 2017"
+    hyperparameters = {"lam": Param(1000.0, ge=0), "fisher_samples": Param(256, ge=1)}
 
     def setup(self, ctx: FinetuneContext):
         if ctx.train_dataset is None:
             raise DataError("method 'ewc' needs the fine-tune training data to estimate the Fisher information")
         split = ctx.train_dataset.split(ctx.task.finetune.train_split)
         named = [(n, p) for n, p in ctx.student.named_parameters() if p.requires_grad]
-        reference = dict(ctx.reference.named_parameters())
+        frozen = dict(ctx.frozen.named_parameters())
         self._params = [p for _, p in named]
-        self._theta0 = [reference[n].detach().clone() for n, _ in named]
+        self._theta0 = [frozen[n].detach().clone() for n, _ in named]
         order = torch.randperm(len(split))[: self.params["fisher_samples"]].tolist()  # seeded by the run
         head0 = frozen_initial_head(ctx)
         was_training = ctx.student.training

@@ -5,9 +5,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.flyp import prompt_embeddings, require_text_tower
-from forgetbench.errors import SpecError
-from forgetbench.methods import Batch, FinetuneContext, Method, register
+from forgetbench.baselines.flyp import prompt_embeddings, require_text_tower
+from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
 
 
 def kmeans_prototypes(embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -18,17 +17,17 @@ def kmeans_prototypes(embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, random_state=seed, n_init=10).fit(embeddings).cluster_centers_
 
 
-def prototype_kl(reference: torch.Tensor, student: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+def prototype_kl(frozen: torch.Tensor, student: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """KL(softmax(P n(f_0)) || softmax(P n(f_theta))), averaged over batch *and* prototypes like torch's KLDivLoss
     with its default 'mean' reduction, which the FD-Align code uses (so its cscale = 20 keeps its meaning)."""
-    log_p = F.log_softmax(F.normalize(reference.float(), dim=-1) @ prototypes.T, dim=-1)
+    log_p = F.log_softmax(F.normalize(frozen.float(), dim=-1) @ prototypes.T, dim=-1)
     log_q = F.log_softmax(F.normalize(student.float(), dim=-1) @ prototypes.T, dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum() / log_p.numel()
 
 
 @register
 class FDAlign(Method):
-    """cscale * KL(softmax(P f_0(x)) || softmax(P f_theta(x))), f_0 the frozen reference encoder.
+    """cscale * KL(softmax(P f_0(x)) || softmax(P f_theta(x))), f_0 the frozen encoder.
 
     P: k-means (k = 20, seeded) centres of the normalised text embeddings of every class x template prompt of the
     fine-tune dataset, times the model's logit scale (FD-Align scales its prototypes by CLIP's logit scale and
@@ -38,14 +37,9 @@ class FDAlign(Method):
     """
 
     name = "fd-align"
-    description = "KL between reference and student distributions over k-means text prototypes"
-    reference = "Song et al., FD-Align: Feature Discrimination Alignment, NeurIPS 2023 (skingorz/FD-Align)"
-    defaults = {"cscale": 20.0, "k": 20, "kmeans_seed": 0}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["k"] < 1:
-            raise SpecError(f"method 'fd-align': k must be >= 1, got {self.params['k']}")
+    description = "KL between frozen and student distributions over k-means text prototypes"
+    citation = "Song et al., FD-Align: Feature Discrimination Alignment, NeurIPS 2023 (skingorz/FD-Align)"
+    hyperparameters = {"cscale": Param(20.0, ge=0), "k": Param(20, ge=1), "kmeans_seed": Param(0, ge=0)}
 
     def setup(self, ctx: FinetuneContext):
         require_text_tower(ctx, self.name)
@@ -55,6 +49,6 @@ class FDAlign(Method):
         self.prototypes = torch.from_numpy(centres).float().to(ctx.device) * ctx.model.logit_scale
 
     def loss(self, ctx: FinetuneContext, batch: Batch) -> torch.Tensor:
-        reference = batch.reference_features(ctx)  # under the loop's autocast, like every other user of it
+        frozen = batch.frozen_features(ctx)  # under the loop's autocast, like every other user of it
         with torch.autocast(batch.features.device.type, enabled=False):  # the softmaxes in fp32
-            return self.params["cscale"] * prototype_kl(reference, batch.features, self.prototypes)
+            return self.params["cscale"] * prototype_kl(frozen, batch.features, self.prototypes)

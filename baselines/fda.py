@@ -1,7 +1,7 @@
-"""FDA: keep each sample's k-NN structure of the frozen reference feature space in the fine-tuned features.
+"""FDA: keep each sample's k-NN structure of the frozen (pre-trained) feature space in the fine-tuned features.
 
-The k-NN graph of the batch is built in the reference space (cosine) and carried to the student's features, where a
-re-weighted SigLIP-style sigmoid loss pulls the neighbours together (weight: their reference cosine) and pushes the
+The k-NN graph of the batch is built in the frozen space (cosine) and carried to the student's features, where a
+re-weighted SigLIP-style sigmoid loss pulls the neighbours together (weight: their frozen cosine) and pushes the
 other samples apart. No labels are used. Proxy-FDA (``proxy_fda.py``) reuses the pieces below.
 """
 from __future__ import annotations
@@ -13,19 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgetbench.errors import SpecError
-from forgetbench.methods import Batch, FinetuneContext, Method, register
+from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
 from forgetbench.samplers import ClassBalancedBatchSampler, class_similarity_from_features
 
 NEGATIVE_WEIGHTS = ("distance", "uniform")
 
 
-def knn_order(reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference cosines [B, B] and, per anchor, the other samples sorted by decreasing cosine [B, B-1].
+def knn_order(frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines [B, B] of the frozen features and, per anchor, the other samples sorted by decreasing cosine [B, B-1].
 
     The first K columns of the order are the anchor's K nearest neighbours; the anchor itself is never in its row.
     """
-    r = F.normalize(reference.float(), dim=-1)
+    r = F.normalize(frozen.float(), dim=-1)
     cos = r @ r.T
     eye = torch.eye(len(cos), dtype=torch.bool, device=cos.device)
     order = cos.masked_fill(eye, float("-inf")).argsort(dim=1, descending=True, stable=True)[:, :-1]
@@ -33,12 +32,12 @@ def knn_order(reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def negative_weight(ref_cos: torch.Tensor, rule: str) -> torch.Tensor:
-    """Weight of a non-neighbour pair: -(1 - reference cosine) ("distance") or -1 ("uniform", plain SigLIP)."""
+    """Weight of a non-neighbour pair: -(1 - frozen cosine) ("distance") or -1 ("uniform", plain SigLIP)."""
     return -(1.0 - ref_cos) if rule == "distance" else -torch.ones_like(ref_cos)
 
 
 def pair_weights(ref_cos: torch.Tensor, order: torch.Tensor, k: int, rule: str = "distance") -> torch.Tensor:
-    """[B, B] weights w_ij: +max(reference cosine, 0) for the K neighbours of i, negative for the others, 0 for i=i."""
+    """[B, B] weights w_ij: +max(frozen cosine, 0) for the K neighbours of i, negative for the others, 0 for i=i."""
     w = negative_weight(ref_cos, rule)
     neighbours = order[:, :k]
     w = w.scatter(1, neighbours, ref_cos.gather(1, neighbours).clamp_min(0.0))
@@ -84,33 +83,27 @@ class FDA(Method):
 
     - sign convention: L_i = 1/(B-1) sum_{j!=i} softplus(-w_ij (t cos(x_i, x_j) + b)), i.e. SigLIP's
       log(1 + exp(-z (t cos + b))) with the label z = +-1 replaced by a weight. Neighbours get w = +max(c_ij, 0)
-      (c = reference cosine), so they are pulled together as much as they were similar; non-neighbours get
+      (c = frozen cosine), so they are pulled together as much as they were similar; non-neighbours get
       ``negative_weight`` = "distance": w = -(1 - c_ij) (dissimilar pairs pushed harder, near-misses barely) or
       "uniform": w = -1 (SigLIP);
     - t = exp(t') and b are learned (SigLIP init t' = log 10, b = -10, no weight decay) at the task's lr;
     - ``k`` = 10 neighbours (the paper's K > n = 4, so neighbourhoods span several classes); ``lam`` = 1;
     - class-balanced batches (``balanced``) of m x n = 16 x 4 with hard class mining, the class similarity being the
-      cosine of class-mean reference features of the training split; ``m = 0`` means batch_size // n, so the
+      cosine of class-mean frozen features of the training split; ``m = 0`` means batch_size // n, so the
       task's batch size is kept (when n divides it); ``mining_temperature`` sets how strictly the nearest classes
       are preferred (classes are drawn uniformly when the context has no training data to compute similarities from).
     """
 
     name = "fda"
-    description = "k-NN graph of reference features carried to the student; weighted SigLIP sigmoid loss"
-    reference = "Huang et al., Proxy-FDA, ICML 2025 (FDA variant without proxies)"
-    defaults = {"lam": 1.0, "k": 10, "negative_weight": "distance", "balanced": True, "hard_mining": True,
-                "m": 0, "n": 4, "mining_temperature": 0.1}
+    description = "k-NN graph of frozen features carried to the student; weighted SigLIP sigmoid loss"
+    citation = "Huang et al., Proxy-FDA, ICML 2025 (FDA variant without proxies)"
+    hyperparameters = {"lam": Param(1.0, ge=0), "k": Param(10, ge=1),
+                       "negative_weight": Param("distance", choices=NEGATIVE_WEIGHTS), "balanced": Param(True),
+                       "hard_mining": Param(True), "m": Param(0, ge=0), "n": Param(4, ge=1),
+                       "mining_temperature": Param(0.1, gt=0)}
 
     def __init__(self, **params):
         super().__init__(**params)
-        if self.params["negative_weight"] not in NEGATIVE_WEIGHTS:
-            raise SpecError(f"method {self.name!r}: negative_weight must be one of {', '.join(NEGATIVE_WEIGHTS)}; "
-                            f"got {self.params['negative_weight']!r}")
-        for key in ("k", "n"):
-            if self.params[key] < 1:
-                raise SpecError(f"method {self.name!r}: {key} must be >= 1, got {self.params[key]}")
-        if self.params["m"] < 0:
-            raise SpecError(f"method {self.name!r}: m must be >= 0 (0: batch_size // n), got {self.params['m']}")
         self._class_similarity = None
 
     def setup(self, ctx: FinetuneContext) -> Optional[list[dict]]:
@@ -118,9 +111,9 @@ class FDA(Method):
         return [{"params": list(self.scale.parameters()), "weight_decay": 0.0}]
 
     def alignment(self, ctx: FinetuneContext, batch: Batch) -> torch.Tensor:
-        reference = batch.reference_features(ctx)  # under the loop's autocast, like every other user of it
+        frozen = batch.frozen_features(ctx)  # under the loop's autocast, like every other user of it
         with torch.autocast(batch.features.device.type, enabled=False):  # cosines and top-k in fp32
-            ref_cos, order = knn_order(reference)
+            ref_cos, order = knn_order(frozen)
             k = min(self.params["k"], order.shape[1])
             weights = pair_weights(ref_cos, order, k, self.params["negative_weight"])
             return sigmoid_alignment(batch.features, weights, self.scale)
@@ -138,11 +131,11 @@ class FDA(Method):
                                          temperature=self.params["mining_temperature"])
 
     def class_similarity(self, ctx: FinetuneContext):
-        """Cosine of class-mean reference features of the training split (computed once, from the feature cache)."""
+        """Cosine of class-mean frozen features of the training split (computed once, from the feature cache)."""
         if self._class_similarity is None and self.params["hard_mining"] and ctx.train_dataset is not None:
             from forgetbench.features import cached_extract
 
-            feats, labels = cached_extract(ctx.reference, ctx.model, ctx.train_dataset,
+            feats, labels = cached_extract(ctx.frozen, ctx.model, ctx.train_dataset,
                                            ctx.task.finetune.train_split, ctx.device)
             self._class_similarity = class_similarity_from_features(feats, labels)
         return self._class_similarity

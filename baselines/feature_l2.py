@@ -1,13 +1,13 @@
-"""Feature-L2: keep the fine-tuned output embedding of each image close to the reference's."""
+"""Feature-L2: keep the fine-tuned output embedding of each image close to the frozen (pre-trained) encoder's."""
 import torch
 import torch.nn.functional as F
 
-from forgetbench.methods import Method, register
+from forgetbench.methods import Method, Param, register
 
 
-def feature_l2(student: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def feature_l2(student: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
     """mean_i ||normalize(s_i) - normalize(r_i)||^2 over the batch."""
-    return (F.normalize(student.float(), dim=-1) - F.normalize(reference.float(), dim=-1)).pow(2).sum(-1).mean()
+    return (F.normalize(student.float(), dim=-1) - F.normalize(frozen.float(), dim=-1)).pow(2).sum(-1).mean()
 
 
 @register
@@ -18,11 +18,11 @@ class FeatureL2(Method):
     """
 
     name = "feature-l2"
-    description = "beta * mean squared distance of normalised output features to the reference's"
-    reference = "feature-distance baseline (LDIFS without intermediate layers; Mukhoti et al. 2024 discuss it)"
-    defaults = {"beta": 10.0}
+    description = "beta * mean squared distance of normalised output features to the frozen encoder's"
+    citation = "feature-distance baseline (LDIFS without intermediate layers; Mukhoti et al. 2024 discuss it)"
+    hyperparameters = {"beta": Param(10.0, ge=0)}
 
     def loss(self, ctx, batch):
-        reference = batch.reference_features(ctx)  # under the loop's autocast, like every other user of it
+        frozen = batch.frozen_features(ctx)  # under the loop's autocast, like every other user of it
         with torch.autocast(batch.features.device.type, enabled=False):
-            return self.params["beta"] * feature_l2(batch.features, reference)
+            return self.params["beta"] * feature_l2(batch.features, frozen)

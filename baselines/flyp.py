@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgetbench.errors import SpecError
-from forgetbench.methods import Batch, FinetuneContext, Method, register
+from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
 
 
 def require_text_tower(ctx: FinetuneContext, method: str) -> None:
@@ -48,8 +48,8 @@ class FLYP(Method):
 
     name = "flyp"
     description = "contrastive image / class-prompt loss with a learned logit scale (frozen text tower)"
-    reference = "Goyal et al., Finetune like you pretrain, CVPR 2023 (locuslab/FLYP)"
-    defaults = {"weight": 1.0}
+    citation = "Goyal et al., Finetune like you pretrain, CVPR 2023 (locuslab/FLYP)"
+    hyperparameters = {"weight": Param(1.0, ge=0)}
 
     def setup(self, ctx: FinetuneContext) -> Optional[list[dict]]:
         require_text_tower(ctx, self.name)

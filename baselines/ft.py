@@ -6,4 +6,4 @@ from forgetbench.methods import Method, register
 class FineTune(Method):
     name = "ft"
     description = "end-to-end fine-tuning, task loss only"
-    reference = "standard practice (the reference for forgetting)"
+    citation = "standard practice (the reference for forgetting)"

@@ -6,6 +6,6 @@ from forgetbench.methods import Method, register
 class LinearProbe(Method):
     name = "lp"
     description = "linear probe on frozen features (no encoder update, so no forgetting by construction)"
-    reference = "Kumar et al., ICLR 2022 (LP baseline)"
+    citation = "Kumar et al., ICLR 2022 (LP baseline)"
     trains_encoder = False
     head_init = "linear-probe"

@@ -6,5 +6,5 @@ from forgetbench.methods import Method, register
 class LinearProbeThenFineTune(Method):
     name = "lp-ft"
     description = "linear-probe head initialisation, then end-to-end fine-tuning"
-    reference = "Kumar et al., Fine-Tuning can Distort Pretrained Features..., ICLR 2022"
+    citation = "Kumar et al., Fine-Tuning can Distort Pretrained Features..., ICLR 2022"
     head_init = "linear-probe"

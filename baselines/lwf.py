@@ -1,4 +1,4 @@
-"""LwF: distil the reference model's zero-shot predictions (through the initial head) into the student."""
+"""LwF: distil the frozen (pre-trained) model's zero-shot predictions (through the initial head) into the student."""
 from __future__ import annotations
 
 import copy
@@ -6,7 +6,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from forgetbench.methods import Batch, FinetuneContext, Method, register
+from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
 
 
 def frozen_initial_head(ctx: FinetuneContext) -> torch.nn.Module:
@@ -36,16 +36,16 @@ class LwF(Method):
     """
 
     name = "lwf"
-    description = "distillation of the reference's initial-head logits into the student's, temperature T"
-    reference = "Li & Hoiem, Learning without Forgetting, TPAMI 2017"
-    defaults = {"lam": 1.0, "T": 2.0}
+    description = "distillation of the frozen encoder's initial-head logits into the student's, temperature T"
+    citation = "Li & Hoiem, Learning without Forgetting, TPAMI 2017"
+    hyperparameters = {"lam": Param(1.0, ge=0), "T": Param(2.0, gt=0)}
 
     def setup(self, ctx: FinetuneContext):
         self.head0 = frozen_initial_head(ctx)
 
     def loss(self, ctx: FinetuneContext, batch: Batch) -> torch.Tensor:
-        reference = batch.reference_features(ctx)  # under the loop's autocast, like every other user of it
+        frozen = batch.frozen_features(ctx)  # under the loop's autocast, like every other user of it
         with torch.autocast(batch.features.device.type, enabled=False):  # logits and softmaxes in fp32
-            teacher = self.head0(reference)
+            teacher = self.head0(frozen)
             student = self.head0(batch.features.float())
             return self.params["lam"] * distillation_kl(teacher, student, self.params["T"])

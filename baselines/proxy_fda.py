@@ -1,9 +1,10 @@
 """Proxy-FDA: FDA whose neighbour and non-neighbour sets are enlarged by generated proxies.
 
 A light generator (one masked attention layer, two 1-D convolutions, attention pooling) turns each anchor's positive
-set (its K reference neighbours) and negative set (the rest of the batch) into a few proxies per set, each with an
-estimated reference similarity. The proxies join the real pairs in FDA's sigmoid loss. The generator is trained online
-with its own loss (stay on the real feature manifold, stay diverse); that loss reaches only the generator.
+set (its K neighbours in the frozen feature space) and negative set (the rest of the batch) into a few proxies per set,
+each with an estimated frozen-space similarity. The proxies join the real pairs in FDA's sigmoid loss. The generator is
+trained online with its own loss (stay on the real feature manifold, stay diverse); that loss reaches only the
+generator.
 """
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.fda import FDA, knn_order, negative_weight, pair_weights, sigmoid_alignment
-from forgetbench.errors import SpecError
-from forgetbench.methods import Batch, FinetuneContext, register
+from forgetbench.baselines.fda import FDA, knn_order, negative_weight, pair_weights, sigmoid_alignment
+from forgetbench.methods import Batch, FinetuneContext, Param, register
 
 
 def proxy_counts(n_pos: int, n_neg: int, s: float) -> tuple[int, int]:
@@ -27,8 +27,8 @@ def proxy_counts(n_pos: int, n_neg: int, s: float) -> tuple[int, int]:
 class ProxyGenerator(nn.Module):
     """Mixing weights of proxies over the members of each anchor's positive and negative sets.
 
-    Members come sorted by decreasing reference similarity, positives first. Each member is embedded from its
-    (detached, normalised) student feature, its reference similarity to the anchor and its set; one attention layer,
+    Members come sorted by decreasing frozen-space similarity, positives first. Each member is embedded from its
+    (detached, normalised) student feature, its frozen-space similarity to the anchor and its set; one attention layer,
     masked so that a set only attends to itself, mixes information inside each set; two 1-D convolutions along the
     similarity order, adaptively average-pooled to the number of proxies, give one query per proxy; a proxy is the
     softmax(query . key)-weighted mix of its set. A mix stays in the span of real features, which keeps proxies near
@@ -101,14 +101,9 @@ class ProxyFDA(FDA):
 
     name = "proxy-fda"
     description = "FDA with generated positive/negative proxies (masked attention + 1-D conv generator)"
-    reference = "Huang et al., Proxy-FDA: Proxy-based Feature Distribution Alignment, ICML 2025"
-    defaults = {**FDA.defaults, "s": 0.4, "alpha": 0.1, "proxy_tau": 0.1, "proxy_lr": 1e-3, "hidden": 32}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        for key in ("s", "proxy_tau", "proxy_lr", "hidden"):
-            if self.params[key] <= 0:
-                raise SpecError(f"method {self.name!r}: {key} must be > 0, got {self.params[key]}")
+    citation = "Huang et al., Proxy-FDA: Proxy-based Feature Distribution Alignment, ICML 2025"
+    hyperparameters = {**FDA.hyperparameters, "s": Param(0.4, gt=0), "alpha": Param(0.1, ge=0),
+                       "proxy_tau": Param(0.1, gt=0), "proxy_lr": Param(1e-3, gt=0), "hidden": Param(32, ge=1)}
 
     def setup(self, ctx: FinetuneContext) -> Optional[list[dict]]:
         groups = super().setup(ctx)
@@ -123,15 +118,15 @@ class ProxyFDA(FDA):
     def losses(self, ctx: FinetuneContext, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(FDA loss with proxies, generator loss)."""
         p = self.params
-        reference = batch.reference_features(ctx)  # under the loop's autocast, like every other user of it
+        frozen = batch.frozen_features(ctx)  # under the loop's autocast, like every other user of it
         with torch.autocast(batch.features.device.type, enabled=False):  # cosines, top-k, generator in fp32
-            ref_cos, order = knn_order(reference)
+            ref_cos, order = knn_order(frozen)
             k = min(p["k"], order.shape[1])
             weights = pair_weights(ref_cos, order, k, p["negative_weight"])
-            frozen = F.normalize(batch.features.detach().float(), dim=-1)
+            detached = F.normalize(batch.features.detach().float(), dim=-1)
             sims = ref_cos.gather(1, order)  # [B, L]
             counts = proxy_counts(k, order.shape[1] - k, p["s"])
-            mixes = self.generator(frozen, order, sims, k, counts)
+            mixes = self.generator(detached, order, sims, k, counts)
             in_pos = torch.arange(order.shape[1], device=order.device) < k
             x = F.normalize(batch.features.float(), dim=-1)
             extra_cos, extra_w, generator_loss = [], [], x.new_zeros(())
@@ -139,8 +134,8 @@ class ProxyFDA(FDA):
                                                 (mixes[1], slice(k, None), ~in_pos, False)):
                 if mix is None:
                     continue
-                proxies = F.normalize(torch.einsum("bpl,bld->bpd", mix, frozen[order[:, part]]), dim=-1)
-                generator_loss = generator_loss + manifold_loss(proxies, frozen, order, in_set, p["proxy_tau"]) \
+                proxies = F.normalize(torch.einsum("bpl,bld->bpd", mix, detached[order[:, part]]), dim=-1)
+                generator_loss = generator_loss + manifold_loss(proxies, detached, order, in_set, p["proxy_tau"]) \
                     + p["alpha"] * variance_loss(proxies)
                 # in the FDA loss proxies are fixed points: it moves the anchors, not the generator
                 estimated = torch.einsum("bpl,bl->bp", mix.detach(), sims[:, part])

@@ -1,20 +1,20 @@
 """WiSE-FT: fine-tune, then interpolate every weight (head included) between the start and the fine-tuned model."""
 import torch
 
-from forgetbench.methods import Method, register
+from forgetbench.methods import Method, Param, register
 
 
 @register
 class WiseFT(Method):
     name = "wise-ft"
     description = "theta = (1 - alpha) * theta_0 + alpha * theta_ft, encoder and head"
-    reference = "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022"
-    defaults = {"alpha": 0.5}
+    citation = "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022"
+    hyperparameters = {"alpha": Param(0.5, ge=0, le=1)}
 
     @torch.no_grad()
     def finalize(self, ctx):
         a = self.params["alpha"]
-        start = dict(ctx.reference.state_dict())
+        start = dict(ctx.frozen.state_dict())
         for module, initial in ((ctx.student, start), (ctx.head, ctx.head_initial)):
             for key, value in module.state_dict().items():
                 if value.is_floating_point():

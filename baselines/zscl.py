@@ -1,4 +1,8 @@
-"""ZSCL: distil the zero-shot model's image-to-caption predictions on reference images, and average weights."""
+"""ZSCL: distil the zero-shot model's image-to-caption predictions on distillation images, and average weights.
+
+ZSCL calls its distillation images and captions "reference" data; the hyper-parameters keep ZSCL's ``ref_`` names
+(``ref_data``, ``ref_seed``, ``n_ref``, ``ref_batch``), which are part of every run's identity.
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,32 +12,32 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from baselines.flyp import require_text_tower
-from baselines.lwf import distillation_kl
+from forgetbench.baselines.flyp import require_text_tower
+from forgetbench.baselines.lwf import distillation_kl
 from forgetbench.errors import SpecError
-from forgetbench.methods import Batch, FinetuneContext, Method, register
+from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
 
-REFERENCE_DATA = ("mini-world",)
+DISTILLATION_DATA = ("mini-world",)
 
 
-def reference_pairs(source: str, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+def distillation_pairs(source: str, n: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """(uint8 images [n, H, W, 3], captions) standing in for ZSCL's ImageNet images and Conceptual Captions."""
     if source == "mini-world":  # held-out scenes of the mini CLIP's pre-training distribution
         from forgetbench.pretrain import pretraining_pairs
 
         return pretraining_pairs(n, seed)
-    raise SpecError(f"method 'zscl': unknown ref_data {source!r} (accepted: {', '.join(REFERENCE_DATA)})")
+    raise SpecError(f"method 'zscl': unknown ref_data {source!r} (accepted: {', '.join(DISTILLATION_DATA)})")
 
 
 @register
 class ZSCL(Method):
     """Image-side distillation + weight ensemble (ZSCL's MTIL recipe, without its text-side loss or L2 term).
 
-    - Teacher: the reference encoder's logits exp(s) cos(f_0(x_ref), g(t_ref)) over the reference captions; the
+    - Teacher: the frozen encoder's logits exp(s) cos(f_0(x_d), g(t_d)) over the distillation captions; the
       student's are the same with f_theta. Loss lam * T^2 * KL(softmax(t/T) || softmax(s/T)) (KL instead of ZSCL's
-      cross-entropy: same gradient), T = 2, one ``ref_batch`` of reference images per step, cycling through ``n_ref``
-      images in a seeded order. The teacher logits are computed once in setup (the reference never changes).
-    - Reference data (``ref_data``): "mini-world" = ``n_ref`` scenes and captions from the mini world's pre-training
+      cross-entropy: same gradient), T = 2, one ``ref_batch`` of distillation images per step, cycling through ``n_ref``
+      images in a seeded order. The teacher logits are computed once in setup (the frozen encoder never changes).
+    - Distillation data (``ref_data``): "mini-world" = ``n_ref`` scenes and captions from the mini world's pre-training
       generator, drawn with ``ref_seed`` 1 (the weights were pre-trained on seed 0's scenes). They are preprocessed by
       the model's own preprocessing, so any CLIP-like model can use them.
     - Weight ensemble: a running average of the encoder and head weights that starts from the initial weights (count 1,
@@ -44,33 +48,25 @@ class ZSCL(Method):
     """
 
     name = "zscl"
-    description = "distillation on reference image-caption logits + running weight average"
-    reference = "Zheng et al., Preventing Zero-Shot Transfer Degradation in Continual Learning, ICCV 2023"
-    defaults = {"lam": 1.0, "T": 2.0, "n_ref": 512, "ref_batch": 32, "avg_freq": 100, "ref_data": "mini-world",
-                "ref_seed": 1}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        for key in ("n_ref", "ref_batch", "avg_freq"):
-            if self.params[key] < 1:
-                raise SpecError(f"method 'zscl': {key} must be >= 1, got {self.params[key]}")
-        if self.params["ref_data"] not in REFERENCE_DATA:
-            raise SpecError(f"method 'zscl': unknown ref_data {self.params['ref_data']!r} "
-                            f"(accepted: {', '.join(REFERENCE_DATA)})")
+    description = "distillation on image-caption logits of the frozen model + running weight average"
+    citation = "Zheng et al., Preventing Zero-Shot Transfer Degradation in Continual Learning, ICCV 2023"
+    hyperparameters = {"lam": Param(1.0, ge=0), "T": Param(2.0, gt=0), "n_ref": Param(512, ge=1),
+                       "ref_batch": Param(32, ge=1), "avg_freq": Param(100, ge=1),
+                       "ref_data": Param("mini-world", choices=DISTILLATION_DATA), "ref_seed": Param(1, ge=0)}
 
     @torch.no_grad()
     def setup(self, ctx: FinetuneContext) -> Optional[list[dict]]:
         require_text_tower(ctx, self.name)
         p = self.params
-        images, captions = reference_pairs(p["ref_data"], p["n_ref"], p["ref_seed"])
-        self.ref_images = torch.stack([ctx.model.preprocess(Image.fromarray(im)) for im in images])
+        images, captions = distillation_pairs(p["ref_data"], p["n_ref"], p["ref_seed"])
+        self.distill_images = torch.stack([ctx.model.preprocess(Image.fromarray(im)) for im in images])
         text = torch.cat([ctx.model.encode_text(captions[i: i + 256]).float() for i in range(0, len(captions), 256)])
         self.text = F.normalize(text, dim=-1).to(ctx.device)
         self.scale = float(ctx.model.logit_scale)
-        teacher = [self.logits(ctx.reference(self.ref_images[i: i + 256].to(ctx.device)))
-                   for i in range(0, len(self.ref_images), 256)]
+        teacher = [self.logits(ctx.frozen(self.distill_images[i: i + 256].to(ctx.device)))
+                   for i in range(0, len(self.distill_images), 256)]
         self.teacher = torch.cat(teacher)
-        self._order = torch.randperm(len(self.ref_images)).tolist()  # seeded by the run
+        self._order = torch.randperm(len(self.distill_images)).tolist()  # seeded by the run
         self._cursor = 0
         # weight ensemble: start from the initial weights, counted once
         self._modules = {"student": ctx.student, "head": ctx.head}
@@ -95,7 +91,7 @@ class ZSCL(Method):
 
     def loss(self, ctx: FinetuneContext, batch: Batch) -> torch.Tensor:
         idx = self.next_indices()
-        student = ctx.student(self.ref_images[idx].to(ctx.device))
+        student = ctx.student(self.distill_images[idx].to(ctx.device))
         with torch.autocast(batch.features.device.type, enabled=False):
             return self.params["lam"] * distillation_kl(self.teacher[idx], self.logits(student), self.params["T"])
 

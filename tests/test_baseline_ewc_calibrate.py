@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from baselines.calibrate import Calibrate, average_logit_gap
-from baselines.ewc import EWC, fisher_diagonal
+from forgetbench.baselines.calibrate import Calibrate, average_logit_gap
+from forgetbench.baselines.ewc import EWC, fisher_diagonal
 
 from test_baselines import Flatten, make_batch, make_ctx, single_thread, tiny_dataset  # noqa: F401  (fixture)
 

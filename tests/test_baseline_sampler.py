@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from baselines.fda import FDA
+from forgetbench.baselines.fda import FDA
 from forgetbench.errors import SpecError
 from forgetbench.samplers import ClassBalancedBatchSampler, class_similarity_from_features
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.fd_align import FDAlign, prototype_kl
-from baselines.flyp import FLYP, clip_loss
-from baselines.zscl import ZSCL
+from forgetbench.baselines.fd_align import FDAlign, prototype_kl
+from forgetbench.baselines.flyp import FLYP, clip_loss
+from forgetbench.baselines.zscl import ZSCL
 from forgetbench.errors import SpecError
 
 from test_baselines import make_batch, make_ctx, single_thread, tiny_dataset  # noqa: F401  (fixture)

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from forgetbench.data import ArraySplit, ImageDataset
-from forgetbench.methods import Batch, FinetuneContext
+from forgetbench.methods import Batch, FinetuneContext, Method
 from forgetbench.models import Model
-from forgetbench.train import Head
+from forgetbench.heads import Head
 
 IMAGE = 8  # tiny images: 8x8x3
 
@@ -61,14 +61,14 @@ def text_encoder(dim: int, seed: int = 0):
 def make_ctx(dim=6, n_classes=3, dataset=None, text=True, seed=0) -> FinetuneContext:
     torch.manual_seed(seed)
     student = Flatten(dim)
-    reference = copy.deepcopy(student)
-    for p in reference.parameters():
+    frozen = copy.deepcopy(student)
+    for p in frozen.parameters():
         p.requires_grad_(False)
     head = Head(dim, n_classes)
-    model = Model(name="unit-model", visual=reference, preprocess=preprocess, preprocess_id="unit:8x8", feature_dim=dim,
+    model = Model(name="unit-model", visual=frozen, preprocess=preprocess, preprocess_id="unit:8x8", feature_dim=dim,
                   encode_text=text_encoder(dim) if text else None, logit_scale=10.0)
     task = SimpleNamespace(finetune=SimpleNamespace(train_split="train"))
-    return FinetuneContext(student=student, head=head, reference=reference, model=model, task=task,
+    return FinetuneContext(student=student, head=head, frozen=frozen, model=model, task=task,
                            head_initial=copy.deepcopy(head.state_dict()), train_dataset=dataset)
 
 
@@ -80,10 +80,10 @@ def make_batch(ctx: FinetuneContext, n=12, seed=1) -> Batch:
     return Batch(x, y, feats, ctx.head(feats))
 
 
-def feature_batch(features: torch.Tensor, reference: torch.Tensor) -> Batch:
-    """A Batch whose student and reference features are given directly (the reference is pre-filled)."""
+def feature_batch(features: torch.Tensor, frozen: torch.Tensor) -> Batch:
+    """A Batch whose student and frozen features are given directly (the frozen ones are pre-filled)."""
     n = len(features)
-    return Batch(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long), features, torch.zeros(n, 2), reference)
+    return Batch(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long), features, torch.zeros(n, 2), frozen)
 
 
 # ------------------------------------------------------------------------------------------------- the tests
@@ -92,11 +92,11 @@ import math  # noqa: E402
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from baselines.aft import AFT, aft_distance  # noqa: E402
-from baselines.fda import FDA, SigmoidScale, knn_order, pair_weights, sigmoid_alignment  # noqa: E402
-from baselines.feature_l2 import FeatureL2, feature_l2  # noqa: E402
-from baselines.lwf import LwF, distillation_kl  # noqa: E402
-from baselines.proxy_fda import ProxyFDA, ProxyGenerator, proxy_counts  # noqa: E402
+from forgetbench.baselines.aft import AFT, aft_distance  # noqa: E402
+from forgetbench.baselines.fda import FDA, SigmoidScale, knn_order, pair_weights, sigmoid_alignment  # noqa: E402
+from forgetbench.baselines.feature_l2 import FeatureL2, feature_l2  # noqa: E402
+from forgetbench.baselines.lwf import LwF, distillation_kl  # noqa: E402
+from forgetbench.baselines.proxy_fda import ProxyFDA, ProxyGenerator, proxy_counts  # noqa: E402
 from forgetbench.errors import SpecError  # noqa: E402
 from forgetbench.methods import get_method  # noqa: E402
 
@@ -315,7 +315,24 @@ def test_lwf_is_zero_at_the_reference_matches_kd_by_hand_and_descends():
 def test_check_params_rejects_undeclared_and_ill_formed_hyper_parameters():
     with pytest.raises(SpecError, match="did you mean 'lam'"):
         get_method("fda")(lamda=2.0)
-    with pytest.raises(SpecError, match="negative_weight"):
+    with pytest.raises(SpecError, match="negative_weight.*expected one of distance, uniform, got 'hard'"):
         get_method("proxy-fda")(negative_weight="hard")
-    with pytest.raises(SpecError, match="must be int"):
+    with pytest.raises(SpecError, match="'avg_freq': expected an integer >= 1, got 1.5"):
         get_method("zscl")(avg_freq=1.5)
+    with pytest.raises(SpecError, match="'k': expected an integer >= 1, got 0"):  # the range, declared
+        get_method("fda")(k=0)
+    with pytest.raises(SpecError, match=r"'alpha': expected a number in \[0, 1\], got 1.5"):
+        get_method("wise-ft")(alpha=1.5)
+    assert get_method("l2sp")(alpha=1).params == {"alpha": 1.0}  # an integer where a float is declared: the float
+
+
+def test_a_method_in_the_older_form_declares_defaults_and_a_reference():
+    class Older(Method):
+        name = "test-older-form"
+        reference = "a paper"
+        defaults = {"beta": 1.0, "steps": 3}
+
+    assert Older.citation == "a paper" and Older.defaults == {"beta": 1.0, "steps": 3}
+    assert Older(beta=2).params == {"beta": 2.0, "steps": 3}
+    with pytest.raises(SpecError, match="'steps': expected an integer, got 'x'"):
+        Older(steps="x")
