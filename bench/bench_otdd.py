@@ -23,7 +23,8 @@ import torch
 from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 
-from forgetbench.evaluate.otdd import class_stats, label_cost_gaussian, label_cost_gaussian_loop, otdd
+from forgetbench.evaluate.label_costs import class_stats, label_cost_gaussian, label_cost_gaussian_loop
+from forgetbench.evaluate.otdd import otdd
 
 
 def features(n: int, dim: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import ortho_group
 
 from forgetbench.errors import DataError, SpecError
-from forgetbench.evaluate.otdd import (OTDDResult, class_stats, label_cost_exact, label_cost_gaussian,
-                                       label_cost_gaussian_loop, otdd)
+from forgetbench.evaluate.label_costs import class_stats, label_cost_exact, label_cost_gaussian, label_cost_gaussian_loop
+from forgetbench.evaluate.otdd import OTDDResult, otdd
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # includes "Sinkhorn did not converge"
 
