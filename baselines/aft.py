@@ -19,7 +19,8 @@ def _centred_rows(x: torch.Tensor) -> torch.Tensor:
 def aft_distance(student: torch.Tensor, frozen: torch.Tensor, scales: Optional[torch.Tensor] = None) -> torch.Tensor:
     """R = sqrt(mean_ij (K_phi - K_rhopsi)_ij^2 + 1e-8) of batch-centred, row-normalised linear kernels.
 
-    ``scales`` (sigma(s) in AFT) weights the frozen encoder's dimensions; None means all 1 (then R is a CKA-like distance).
+    ``scales`` (sigma(s) in AFT) weights the frozen encoder's dimensions; None means all 1 (then R is a CKA-like
+    distance).
     """
     phi = _centred_rows(student.float())
     psi = frozen.float() if scales is None else frozen.float() * scales

@@ -39,8 +39,9 @@ class EWC(Method):
 
     F is the empirical diagonal Fisher of the *starting* model (encoder + the head before training), estimated in
     ``setup`` on ``fisher_samples`` (256) images of the fine-tune training split, drawn with the run's seed. theta0 is
-    the frozen encoder's weights. lam = 1000 is our choice (mammoth requires it and gives no default): F averages per-sample
-    squared gradients, whose typical size is far below 1, so lam must be large for the penalty to matter.
+    the frozen encoder's weights. lam = 1000 is our choice (mammoth requires it and gives no default): F averages
+    per-sample squared gradients, whose typical size is far below 1, so lam must be large for the penalty to
+    matter.
     """
 
     name = "ewc"

@@ -1,4 +1,5 @@
-"""LDIFS: keep the encoder's intermediate features close to the frozen encoder's (feature-space L2 at several depths)."""
+"""LDIFS: keep the encoder's intermediate features close to the frozen encoder's (feature-space L2 at several
+depths)."""
 import torch
 
 from forgetbench.methods import Method, Param, register

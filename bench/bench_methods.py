@@ -3,10 +3,10 @@
     python bench/bench_methods.py [--task mini-shapes] [--batch 64] [--warmup 5] [--steps 20] [--methods fda,proxy-fda]
 
 The context is built as a run builds it (`FinetuneContext.start`: frozen pre-trained encoder, student copy, zero-shot
-head); each method then runs through the real training loop (`forgetbench.train.finetune`) for warmup + steps steps. A step's time is
-the time between two consecutive steps' ends (forward, the method's loss, backward, optimiser step, after_step), on
-images preprocessed once beforehand so that decoding does not blur the ratios; the table shows the median over the
-timed steps. Setup and finalize (Fisher estimate, teacher logits, class similarities, ...) are shown apart, in
+head); each method then runs through the real training loop (`forgetbench.train.finetune`) for warmup + steps steps.
+A step's time is the time between two consecutive steps' ends (forward, the method's loss, backward, optimiser step,
+after_step), on images preprocessed once beforehand so that decoding does not blur the ratios; the table shows the
+median over the timed steps. Setup and finalize (Fisher estimate, teacher logits, class similarities, ...) are shown apart, in
 seconds. Without the shipped mini CLIP weights the untrained mini CLIP is timed instead (same cost per step).
 Run by hand; it is not part of the test suite.
 """
@@ -112,7 +112,8 @@ def main():
     for p in model.visual.parameters():
         p.requires_grad_(False)
     target = get_dataset(task.finetune.dataset)
-    evaluation = Evaluation(task.evaluate, task.finetune.splits, FrozenModel(model, state_dict_hash(model.visual), device))
+    frozen = FrozenModel(model, state_dict_hash(model.visual), device)
+    evaluation = Evaluation(task.evaluate, task.finetune.splits, frozen)
     text = zeroshot_weights(model, target) if model.has_text else None
     head0 = initial_head("zeroshot" if text is not None else "linear-probe", evaluation, target, text)
     split = Preprocessed(target.split(task.finetune.train_split), model.preprocess,

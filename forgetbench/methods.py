@@ -145,7 +145,8 @@ class Method:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__
         if "hyperparameters" in own:
-            cls.hyperparameters = {k: p if isinstance(p, Param) else Param(p) for k, p in own["hyperparameters"].items()}
+            declared = own["hyperparameters"]
+            cls.hyperparameters = {k: p if isinstance(p, Param) else Param(p) for k, p in declared.items()}
         elif "defaults" in own:
             cls.hyperparameters = {k: Param(v) for k, v in own["defaults"].items()}
         cls.defaults = {k: p.default for k, p in cls.hyperparameters.items()}

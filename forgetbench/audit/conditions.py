@@ -1,4 +1,4 @@
-"""``--fail-if`` conditions: ``metric op threshold`` on an audit's summary, so a training pipeline can be guarded in CI."""
+"""``--fail-if`` conditions: ``metric op threshold`` on an audit's summary, to guard a training pipeline in CI."""
 from __future__ import annotations
 
 import dataclasses

@@ -100,7 +100,8 @@ def _plots(result: Mapping) -> dict[str, bytes]:
         files[f"{stem}.png"], files[f"{stem}.svg"] = figure_bytes(fig)
 
     with mpl.rc_context(_RC):
-        deltas = [("ΔLP", "delta_lp")] + ([("ΔZS", "delta_zs")] if any("delta_zs" in heldout[n] for n in names) else [])
+        has_zs = any("delta_zs" in heldout[n] for n in names)
+        deltas = [("ΔLP", "delta_lp")] + ([("ΔZS", "delta_zs")] if has_zs else [])
         bars([(label, lambda m, k=key: m.get(k, np.nan)) for label, key in deltas], "points (tuned − reference)",
              "Accuracy change per held-out dataset (negative = forgotten)", "audit-deltas", zero_line=True)
         drifts = _drifts(result)

@@ -51,7 +51,8 @@ class Suite:
 
     def describe(self) -> dict:
         ev = self.evaluate
-        return {"name": self.name, "source": self.source, "datasets": list(ev.datasets), "splits": list(self.split_names),
+        return {"name": self.name, "source": self.source, "datasets": list(ev.datasets),
+                "splits": list(self.split_names),
                 "linear_probe": {"C_grid": list(ev.linear_probe.C_grid), "max_iter": ev.linear_probe.max_iter},
                 "zero_shot": ev.zero_shot, "drift": list(ev.drift)}
 

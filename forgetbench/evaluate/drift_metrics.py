@@ -1,4 +1,5 @@
-"""The feature-drift metrics, each registered once: its name, how it is shown, its direction and bounds, its computation.
+"""The feature-drift metrics, each registered once: its name, how it is shown, its direction and bounds, how it is
+computed.
 
 Everything that knows a drift reads it from here: the task schema (``evaluate.drift``), the evaluation, the record
 checks (bounds), the summary (``drift_<name>_mean``), the leaderboard columns, the audit's tables and ``--fail-if``

@@ -277,8 +277,9 @@ def label_cost_gaussian(means_a: Any, covs_a: Any, means_b: Any, covs_b: Any, *,
 
 
 def label_cost_gaussian_loop(means_a: Any, covs_a: Any, means_b: Any, covs_b: Any) -> np.ndarray:
-    """Reference for ``label_cost_gaussian``: a per-pair loop of ``scipy.linalg.sqrtm`` (S_a^1/2 cached per class,
-    one sqrtm of S_a^1/2 S_b S_a^1/2 per pair), as microsoft/otdd does. Slow; for tests and benchmarks."""
+    """``label_cost_gaussian`` the direct way, to check it against: a per-pair loop of ``scipy.linalg.sqrtm``
+    (S_a^1/2 cached per class, one sqrtm of S_a^1/2 S_b S_a^1/2 per pair), as microsoft/otdd does. Slow; for tests
+    and benchmarks."""
     ma, ca = (np.asarray(v, np.float64) for v in (means_a, covs_a))
     mb, cb = (np.asarray(v, np.float64) for v in (means_b, covs_b))
     out = np.zeros((len(ma), len(mb)))

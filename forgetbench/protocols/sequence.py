@@ -1,4 +1,5 @@
-"""Continual fine-tuning: a task's sequence of fine-tunes, one record per (task, method, seed) (``forgetbench.sequence/1``).
+"""Continual fine-tuning: a task's sequence of fine-tunes, one record (``forgetbench.sequence/1``) per (task, method,
+seed).
 
 Each step starts from the previous step's encoder, gets a fresh head for its own classes (the task's head
 initialisation, on the current encoder) and a fresh instance of the method, whose frozen anchor is the original model
@@ -208,7 +209,8 @@ class SequenceProtocol(Protocol):
             t_step = time.time()
             method = request.new_method()  # hooks keep per-fine-tune state: a fresh instance per step
             # the probe head is fitted on the encoder the step starts from (the original one, cached, at step 0)
-            features = None if student is None else (lambda ds, s, e=student: extract(e, reference.model, ds, s, device))
+            features = None if student is None else \
+                (lambda ds, s, e=student: extract(e, reference.model, ds, s, device))
             head = initial_head(head_kind, evaluation, step, evaluation.class_embeddings(step), features)
             ctx = FinetuneContext.start(reference.model, method, head, task, step, device, student=student,
                                         frozen=anchor)

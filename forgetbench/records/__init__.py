@@ -1,7 +1,8 @@
 """Result records: typed, validated once per read or write, stored one JSON line per run.
 
 ``RunRecord`` holds what every record kind shares; each protocol's record type adds its metrics
-(``forgetbench.protocols``), such as the held-out metrics of ``forgetbench.evaluate.heldout``. ``parse_record`` / ``read_record`` are the one validator; ``ResultStore`` the store.
+(``forgetbench.protocols``), such as the held-out metrics of ``forgetbench.evaluate.heldout``. ``parse_record`` /
+``read_record`` are the one validator; ``ResultStore`` the store.
 """
 from ..evaluate.heldout import CONSISTENCY_TOL, Checkpoint, CheckpointHeldout, HeldoutMetrics, summarize_heldout
 from .base import FAILURES_FILE, MethodRef, ModelRef, RunRecord, TaskRef, Timings, run_id

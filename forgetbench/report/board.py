@@ -21,8 +21,8 @@ LEADING = {"Rank": "rank", "Method": "method", "Params": "params", "Seeds": "see
 @dataclass(frozen=True)
 class Column:
     """One column: its title, the per-record value it aggregates (None: the record has none), how the cell shows
-    the values of a row's seeds (``mean``, ``mean_signed``, ``mean_std``, ``mean_std_signed``, ``fraction``), and its ``#sort=``
-    name (default: the title, slugged). ``optional`` columns are shown only when some record has a value."""
+    the values of a row's seeds (``mean``, ``mean_signed``, ``mean_std``, ``mean_std_signed``, ``fraction``), and its
+    ``#sort=`` name (default: the title, slugged). ``optional`` columns are shown only when some record has a value."""
 
     title: str
     value: Callable[[Any], float | None]
