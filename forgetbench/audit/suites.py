@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import SpecError, UnknownNameError
 from ..registry import Registry
-from ..schema import Problems, Section, Text, entry, read
+from ..schema import Problems, Section, Text, entry, internal, read
 from ..tasks import EvalSpec, TaskSpec, load_task
 from ..tasks.files import parse_yaml, read_text
 from ..tasks.spec import spec_error
@@ -37,7 +37,7 @@ class Suite:
     description: str = entry(Text("a string", allow_empty=True), "")
     splits: Splits = entry(Section(Splits), Splits())
     evaluate: EvalSpec = entry(Section(EvalSpec))
-    source: str = ""
+    source: str = internal("")
 
     @property
     def split_names(self) -> tuple[str, str, str]:

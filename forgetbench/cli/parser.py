@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw a figure of a protocol's records: forgetting against drift (correlation), "
                         "along training (trajectories), along a task sequence (sequence), under absent classes "
                         "(absent), ...")
-    pl.add_argument("kind", choices=_FigureKinds(), metavar="KIND", help="the figure (its protocol's records are used)")
+    pl.add_argument("kind", choices=_FigureKinds(), metavar="KIND",
+                    help="the figure, one of %(choices)s (drawn from its protocol's records)")
     pl.add_argument("--results", default="results", help="results directory (default results/)")
     pl.add_argument("--task", action="append", help="only this task (repeatable; default: all)")
     pl.add_argument("--out", type=Path, required=True, help="output prefix; .png, .svg (and .md) are written")

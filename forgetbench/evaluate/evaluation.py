@@ -91,6 +91,12 @@ class Evaluation:
         """The accuracies measured: the linear probe, and zero-shot when there is a text tower to measure it."""
         return ("lp", "zs") if self.zero_shot else ("lp",)
 
+    def prepare(self, datasets: Iterable[ImageDataset]) -> Evaluation:
+        """Compute the class embeddings of ``datasets`` now: all the text tower's work, before any training."""
+        for dataset in datasets:
+            self.class_embeddings(dataset)
+        return self
+
     def class_embeddings(self, dataset: ImageDataset) -> np.ndarray | None:
         """The reference's zero-shot class embeddings of ``dataset`` (None without a text tower), computed once."""
         key = (dataset.name, dataset.fingerprint)

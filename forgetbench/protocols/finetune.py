@@ -178,7 +178,7 @@ class FinetuneProtocol(Protocol):
         datasets = {n: get_dataset(n) for n in [task.finetune.dataset, *task.evaluate.datasets]}
         require_splits(datasets.values(), task.finetune.splits)  # fail before any work, not after the fine-tune
         reference = FrozenModel.load(task.model, device)
-        evaluation = Evaluation(task.evaluate, task.finetune.splits, reference)
+        evaluation = Evaluation(task.evaluate, task.finetune.splits, reference).prepare(datasets.values())
         target = datasets[task.finetune.dataset]
         train_view = self.training_view(task, target)
         method = request.new_method()

@@ -194,7 +194,7 @@ class SequenceProtocol(Protocol):
         columns = steps + heldout
         require_splits(columns, task.finetune.splits)  # fail before any work, not after the first step
         reference = FrozenModel.load(task.model, device)
-        evaluation = Evaluation(task.evaluate, task.finetune.splits, reference)
+        evaluation = Evaluation(task.evaluate, task.finetune.splits, reference).prepare(columns)
         kinds = accuracy_kinds(task, evaluation)
         # with a linear probe, cached on disk and shared with single fine-tune tasks of the same protocol
         before = [evaluation.reference_accuracies(ds, kinds) for ds in columns]
