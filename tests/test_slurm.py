@@ -1,0 +1,281 @@
+"""Sweeps on a real Slurm cluster: one job array through submitit, nothing resubmitted, --parallel, and a job
+cancelled mid-run that resumes from its checkpoint when the sweep is run again.
+
+Needs the single-node test cluster of ``.ci/slurm up`` (``SLURM_CONF`` pointing at it); skipped without one. Every
+job is a fresh interpreter that imports torch, so the runs are tiny and each test takes well under a minute or two.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from forgetbench.cli import main
+from forgetbench.results import ResultStore
+from forgetbench.run import run_one
+from forgetbench.tasks import TaskSpec
+
+from needs import missing
+from pipeline_helpers import tiny_task
+from test_resume import comparable
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_CLUSTER = "forgetbench-ci"  # the ClusterName .ci/slurm writes: never submit to a cluster that is not ours
+TEST_LIMIT_S = 420  # a test still running after this fails (SIGALRM) instead of holding CI until its time-out
+
+
+def slurm(*args: str) -> str:
+    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"{' '.join(args)}: {proc.stderr.strip()}"
+    return proc.stdout
+
+
+def job_records(job_id: str) -> list[dict[str, str]]:
+    """``scontrol show job``, one dict per job (an array id gives every task of the array)."""
+    out = slurm("scontrol", "-o", "show", "job", job_id)
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.splitlines() if line.strip()]
+
+
+def known_jobs() -> set[str]:
+    """Every job slurmctld knows, finished ones included (the test cluster keeps them 10 minutes)."""
+    return set(slurm("squeue", "-h", "--states=all", "-o", "%i").split())
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(poll)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        missing("slurm", "Slurm is not installed (`.ci/slurm up` installs it from Debian and starts a test cluster)")
+    proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        missing("slurm", f"no Slurm controller answers (SLURM_CONF={os.environ.get('SLURM_CONF', 'unset')}); "
+                         f'start the test cluster with: eval "$(.ci/slurm up)"')
+    name = re.search(r"^ClusterName\s*=\s*(\S+)", proc.stdout, re.M)
+    if name is None or name[1] != TEST_CLUSTER:
+        missing("slurm", f"the Slurm cluster here is {name[1] if name else 'unnamed'!r}, not the test cluster of "
+                         f".ci/slurm ({TEST_CLUSTER!r}); the tests only submit to that one")
+    states = slurm("sinfo", "-h", "-o", "%T").split()
+    assert states and all(s in ("idle", "mixed", "allocated") for s in states), f"the test node is {states}"
+
+
+class Sweeps:
+    """Task files and command lines for sweeps on the test cluster; cancels the tests' own jobs afterwards."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.job_names: list[str] = []
+
+    def task(self, name: str, checkpoints: int | None = None, **kwargs):
+        spec = tiny_task(drift=(), **kwargs).to_dict()
+        spec["name"] = f"tiny-{name}"  # the job name is forgetbench-<task>: what the clean-up cancels
+        if checkpoints:
+            spec["evaluate"]["checkpoints"] = checkpoints
+        path = self.tmp_path / f"{spec['name']}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        self.job_names.append(f"forgetbench-{spec['name']}")
+        return TaskSpec.from_dict(spec), path
+
+    @staticmethod
+    def argv(task_file: Path, results: Path, *extra: str, gpus: str | None = "0") -> list[str]:
+        """A sweep on the test cluster; ``gpus`` None leaves --gpus-per-run at its default (1 on Slurm)."""
+        return ["sweep", str(task_file), "--results", str(results), "--launcher", "slurm", "--time", "10", "--import",
+                "pipeline_helpers", *(["--gpus-per-run", gpus] if gpus is not None else []), *extra]
+
+    def cancel_leftovers(self) -> None:
+        for name in self.job_names:
+            subprocess.run(["scancel", "--name", name], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def sweeps(cluster, tmp_path, monkeypatch):
+    # jobs are fresh interpreters: they must find this forgetbench and the tiny test datasets
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    helper = Sweeps(tmp_path)
+
+    def too_long(signum, frame):
+        raise TimeoutError(f"the test ran past {TEST_LIMIT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(TEST_LIMIT_S)
+    try:
+        yield helper
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        helper.cancel_leftovers()
+
+
+def finished_tasks(array: str) -> list[dict[str, str]]:
+    """The array's tasks once slurmctld has closed them all (a job's result is written before its job ends)."""
+    wait_for(lambda: all(t["JobState"] not in ("PENDING", "RUNNING", "COMPLETING") for t in job_records(array)), 60,
+             f"the tasks of array {array} to end")
+    return job_records(array)
+
+
+def array_jobs(out: str, status: str) -> list[tuple[str, str, str]]:
+    """(label, array id, index) of each run the sweep reported with ``status``."""
+    return re.findall(rf"^  (.+): {status} \(job (\d+)_(\d+)\)$", out, re.M)
+
+
+def test_sweep_submits_one_job_array_and_a_rerun_submits_nothing(sweeps, tmp_path, capsys):
+    _, task_file = sweeps.task("array", steps=1)
+    results = tmp_path / "results"
+    argv = sweeps.argv(task_file, results, "--methods", "ft,lp", "--seeds", "0", "--wait")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 already recorded" in out and "launching 2 (slurm)" in out
+    jobs = array_jobs(out, "complete")
+    assert sorted(label for label, _, _ in jobs) == ["ft seed 0", "lp seed 0"]
+    array = jobs[0][1]
+    assert {a for _, a, _ in jobs} == {array} and sorted(i for _, _, i in jobs) == ["0", "1"]  # one array of two
+    tasks = finished_tasks(array)
+    assert sorted(t["ArrayTaskId"] for t in tasks) == ["0", "1"]
+    assert all(t["ArrayJobId"] == array and t["JobState"] == "COMPLETED" for t in tasks), tasks
+    records = ResultStore(results).load()
+    assert sorted(r["method"]["name"] for r in records) == ["ft", "lp"]
+
+    before = known_jobs()
+    assert {f"{array}_0", f"{array}_1"} <= before
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 already recorded" in out and "launching 0" in out and "(job " not in out
+    assert known_jobs() == before  # slurmctld received nothing
+    assert ResultStore(results).load() == records
+
+
+def test_a_refused_submission_is_one_line_and_submits_nothing(sweeps, tmp_path, capsys):
+    _, task_file = sweeps.task("refused", steps=1)
+    argv = sweeps.argv(task_file, tmp_path / "results", "--methods", "ft", "--seeds", "0", gpus=None)
+    before = known_jobs()
+    assert main(argv) == 2  # one GPU per run by default, and the test node has none
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("forgetbench: error: the job array was not submitted: "), err
+    assert "pass --gpus-per-run 0" in err[0]
+    assert known_jobs() == before and not (tmp_path / "results" / "tiny-refused.jsonl").exists()
+
+
+def test_parallel_limits_how_many_jobs_of_the_array_run_at_once(sweeps, tmp_path, capsys):
+    _, task_file = sweeps.task("parallel", steps=1)
+    results = tmp_path / "results"
+    assert main(sweeps.argv(task_file, results, "--methods", "lp", "--seeds", "0,1", "--parallel", "1",
+                            "--wait")) == 0
+    jobs = array_jobs(capsys.readouterr().out, "complete")
+    assert len(jobs) == 2 and jobs[0][1] == jobs[1][1]
+    array = jobs[0][1]
+    script = (results / "slurm" / array / f"{array}_submission.sh").read_text()
+    assert "#SBATCH --array=0-1%1" in script  # what submitit asked for ...
+    tasks = finished_tasks(array)
+    assert [t["ArrayTaskThrottle"] for t in tasks] == ["1", "1"]  # ... what slurmctld holds ...
+    (start_a, end_a), (start_b, _) = sorted((t["StartTime"], t["EndTime"]) for t in tasks)
+    assert end_a <= start_b, tasks  # ... and what it did: the second started once the first had ended
+    assert len(ResultStore(results).load()) == 2
+
+
+HELD_METHOD = '''
+import os, time
+from forgetbench.methods import Method, register
+
+@register
+class HeldFT(Method):
+    """Plain fine-tuning that logs each finished step and, when told to, stays in one until it is killed."""
+    name = "test-held-ft"
+    reference = "test method"
+
+    def after_step(self, ctx, step):
+        with open(os.environ["FB_TEST_STEP_LOG"], "a") as log:
+            log.write(f"{step}\\n")
+        if str(step) == os.environ.get("FB_TEST_HOLD_AT"):
+            while True:
+                time.sleep(1)
+'''
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def steps_logged(path: Path) -> list[int]:
+    return [int(s) for s in path.read_text().split()] if path.exists() else []
+
+
+def test_cancelled_job_resumes_from_its_checkpoint_when_resubmitted(sweeps, tmp_path, monkeypatch, capsys):
+    task, task_file = sweeps.task("cancel", steps=6, checkpoints=2)  # a trajectory (steps 0, 2, 4, 6) too
+    method_file = tmp_path / "held_ft.py"
+    method_file.write_text(HELD_METHOD)
+    results = tmp_path / "results"
+    argv = sweeps.argv(task_file, results, "--methods", str(method_file), "--seeds", "0", "--checkpoint-every", "2")
+
+    first_log = tmp_path / "steps-first-job"
+    monkeypatch.setenv("FB_TEST_STEP_LOG", str(first_log))  # sbatch passes the environment on to the job
+    monkeypatch.setenv("FB_TEST_HOLD_AT", "3")  # the checkpoint of step 2 is written; step 3 is not saved
+    waiting = {}  # the sweep waits for its job in a thread; the test cancels the job under it
+    sweep = threading.Thread(target=lambda: waiting.update(code=main(argv + ["--wait"])))
+    sweep.start()
+    wait_for(lambda: slurm("squeue", "-h", "--name", f"forgetbench-{task.name}", "-o", "%i").strip(), 60,
+             "the job to be submitted")
+    job = slurm("squeue", "-h", "--name", f"forgetbench-{task.name}", "-o", "%i").strip()
+
+    def at_step_3() -> bool:
+        assert job_records(job)[0]["JobState"] in ("PENDING", "RUNNING"), job_records(job)
+        return steps_logged(first_log)[-1:] == [3]
+
+    wait_for(at_step_3, 240, f"job {job} to reach step 3")
+    (ckpt,) = (results / "checkpoints").glob("*.pt")
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+    slurm("scancel", job)
+    sweep.join(timeout=120)  # a cancelled job leaves no result: the waiting sweep must notice, not wait forever
+    assert not sweep.is_alive(), "the sweep still waits for a cancelled job"
+    assert job_records(job)[0]["JobState"] == "CANCELLED"
+    out = capsys.readouterr()
+    assert waiting["code"] == 2
+    assert f"test-held-ft seed 0: failed (job {job}: ended without a result (state CANCELLED)" in out.out
+    assert out.err.strip().splitlines() == [f"forgetbench: error: 1 of 1 runs failed (reasons in {results}/"
+                                            "failures.jsonl); rerun the same sweep to retry them"]
+    assert steps_logged(first_log) == [1, 2, 3]
+    assert ResultStore(results).load() == []  # the cancelled job recorded nothing ...
+    assert torch.load(ckpt, weights_only=True)["step"] == 2  # ... and left its checkpoint
+
+    second_log = tmp_path / "steps-second-job"
+    monkeypatch.setenv("FB_TEST_STEP_LOG", str(second_log))
+    monkeypatch.delenv("FB_TEST_HOLD_AT")
+    assert main(argv + ["--wait"]) == 0
+    out = capsys.readouterr().out
+    assert "0 already recorded" in out and "launching 1 (slurm)" in out
+    (resubmitted,) = re.findall(r": complete \(job (\S+)\)", out)
+    assert resubmitted != job
+    assert steps_logged(second_log) == [3, 4, 5, 6]  # continued after step 2: steps 1 and 2 not trained again
+    (record,) = ResultStore(results).load()
+    assert not ckpt.exists()  # removed once the record is stored
+    assert [p["step"] for p in record["trajectory"]] == [0, 2, 4, 6]
+
+    monkeypatch.setenv("FB_TEST_STEP_LOG", str(tmp_path / "steps-uninterrupted"))
+    uninterrupted = run_one(task, str(method_file), 0, progress=False)
+    resumed, whole = flat(record["metrics"]), flat(uninterrupted["metrics"])
+    print(f"\n{'metric':<44} {'resumed after scancel':>22} {'uninterrupted':>22}")
+    for key in sorted(set(resumed) | set(whole)):
+        print(f"{key:<44} {resumed.get(key)!r:>22} {whole.get(key)!r:>22}")
+    assert resumed == whole
+    assert comparable(record) == comparable(uninterrupted)  # and everything else but timings and git state
