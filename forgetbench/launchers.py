@@ -270,6 +270,8 @@ def _wait_for_slurm_job(handle, poll_s: float, grace_s: float = 15.0) -> bool:
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since > grace_s:
                 return False
+        else:  # queued, running, being requeued, or squeue cannot say: it may still write its result
+            gone_since = None
         time.sleep(poll_s)
     return True
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -190,21 +191,81 @@ def test_parallel_limits_how_many_jobs_of_the_array_run_at_once(sweeps, tmp_path
 
 HELD_METHOD = '''
 import os, time
+from pathlib import Path
 from forgetbench.methods import Method, register
 
 @register
 class HeldFT(Method):
-    """Plain fine-tuning that logs each finished step and, when told to, stays in one until it is killed."""
+    """Plain fine-tuning that logs each finished step and, when told to, stays in one step (once) until it is
+    stopped."""
     name = "test-held-ft"
     reference = "test method"
 
     def after_step(self, ctx, step):
         with open(os.environ["FB_TEST_STEP_LOG"], "a") as log:
             log.write(f"{step}\\n")
-        if str(step) == os.environ.get("FB_TEST_HOLD_AT"):
+        held = Path(os.environ["FB_TEST_HELD"])
+        if str(step) == os.environ.get("FB_TEST_HOLD_AT") and not held.exists():
+            held.write_text("held")
             while True:
                 time.sleep(1)
 '''
+
+
+@pytest.fixture(scope="module")
+def held_method(tmp_path_factory) -> str:
+    """HELD_METHOD's file: one for the module, since a method name can be registered once per process."""
+    path = tmp_path_factory.mktemp("method") / "held_ft.py"
+    path.write_text(HELD_METHOD)
+    return str(path)
+
+
+@dataclass
+class HeldJob:
+    task: TaskSpec
+    argv: list[str]  # the sweep, without --wait
+    results: Path
+    log: Path  # the steps the job finished, one a line
+    job: str
+    sweep: threading.Thread  # the same sweep with --wait, running in this process
+    outcome: dict  # its exit code, once it returns
+
+
+def held_job(sweeps, tmp_path, monkeypatch, method_file: str, name: str) -> HeldJob:
+    """Starts a sweep with --wait (in a thread) of one 6-step HELD_METHOD run checkpointed every 2 steps, and returns
+    once its job stays in step 3: the checkpoint of step 2 is on disk, step 3 is not saved."""
+    task, task_file = sweeps.task(name, steps=6, checkpoints=2)  # a trajectory (steps 0, 2, 4, 6) too
+    results, log = tmp_path / "results", tmp_path / "steps"
+    argv = sweeps.argv(task_file, results, "--methods", method_file, "--seeds", "0", "--checkpoint-every", "2")
+    for key, value in {"FB_TEST_STEP_LOG": log, "FB_TEST_HOLD_AT": 3, "FB_TEST_HELD": tmp_path / "held"}.items():
+        monkeypatch.setenv(key, str(value))  # sbatch passes the environment on to the job
+    outcome: dict = {}
+    sweep = threading.Thread(target=lambda: outcome.update(code=main(argv + ["--wait"])))
+    sweep.start()
+
+    def job_id() -> str:
+        return slurm("squeue", "-h", "--name", f"forgetbench-{task.name}", "-o", "%i").strip()
+
+    wait_for(job_id, 60, "the job to be submitted")
+    job = job_id()
+
+    def at_step_3() -> bool:
+        assert job_records(job)[0]["JobState"] in ("PENDING", "RUNNING"), job_records(job)
+        return steps_logged(log)[-1:] == [3]
+
+    wait_for(at_step_3, 240, f"job {job} to reach step 3")
+    return HeldJob(task, argv, results, log, job, sweep, outcome)
+
+
+def compare_with_uninterrupted(record: dict, task, method_file: str) -> None:
+    """Print the record's metrics beside an uninterrupted run's, then require equality of all but timings."""
+    uninterrupted = run_one(task, method_file, 0, progress=False)
+    resumed, whole = flat(record["metrics"]), flat(uninterrupted["metrics"])
+    print(f"\n{'metric':<44} {'resumed':>22} {'uninterrupted':>22}")
+    for key in sorted(set(resumed) | set(whole)):
+        print(f"{key:<44} {resumed.get(key)!r:>22} {whole.get(key)!r:>22}")
+    assert resumed == whole
+    assert comparable(record) == comparable(uninterrupted)  # and everything else but timings and git state
 
 
 def flat(tree: dict, prefix: str = "") -> dict:
@@ -221,61 +282,53 @@ def steps_logged(path: Path) -> list[int]:
     return [int(s) for s in path.read_text().split()] if path.exists() else []
 
 
-def test_cancelled_job_resumes_from_its_checkpoint_when_resubmitted(sweeps, tmp_path, monkeypatch, capsys):
-    task, task_file = sweeps.task("cancel", steps=6, checkpoints=2)  # a trajectory (steps 0, 2, 4, 6) too
-    method_file = tmp_path / "held_ft.py"
-    method_file.write_text(HELD_METHOD)
-    results = tmp_path / "results"
-    argv = sweeps.argv(task_file, results, "--methods", str(method_file), "--seeds", "0", "--checkpoint-every", "2")
-
-    first_log = tmp_path / "steps-first-job"
-    monkeypatch.setenv("FB_TEST_STEP_LOG", str(first_log))  # sbatch passes the environment on to the job
-    monkeypatch.setenv("FB_TEST_HOLD_AT", "3")  # the checkpoint of step 2 is written; step 3 is not saved
-    waiting = {}  # the sweep waits for its job in a thread; the test cancels the job under it
-    sweep = threading.Thread(target=lambda: waiting.update(code=main(argv + ["--wait"])))
-    sweep.start()
-    wait_for(lambda: slurm("squeue", "-h", "--name", f"forgetbench-{task.name}", "-o", "%i").strip(), 60,
-             "the job to be submitted")
-    job = slurm("squeue", "-h", "--name", f"forgetbench-{task.name}", "-o", "%i").strip()
-
-    def at_step_3() -> bool:
-        assert job_records(job)[0]["JobState"] in ("PENDING", "RUNNING"), job_records(job)
-        return steps_logged(first_log)[-1:] == [3]
-
-    wait_for(at_step_3, 240, f"job {job} to reach step 3")
+def test_cancelled_job_resumes_from_its_checkpoint_when_resubmitted(sweeps, held_method, tmp_path, monkeypatch,
+                                                                    capsys):
+    held = held_job(sweeps, tmp_path, monkeypatch, held_method, "cancel")
+    task, argv, results, log, job = held.task, held.argv, held.results, held.log, held.job
     (ckpt,) = (results / "checkpoints").glob("*.pt")
     assert torch.load(ckpt, weights_only=True)["step"] == 2
     slurm("scancel", job)
-    sweep.join(timeout=120)  # a cancelled job leaves no result: the waiting sweep must notice, not wait forever
-    assert not sweep.is_alive(), "the sweep still waits for a cancelled job"
+    held.sweep.join(timeout=120)  # a cancelled job leaves no result: the waiting sweep must notice, not wait forever
+    assert not held.sweep.is_alive(), "the sweep still waits for a cancelled job"
     assert job_records(job)[0]["JobState"] == "CANCELLED"
     out = capsys.readouterr()
-    assert waiting["code"] == 2
+    assert held.outcome["code"] == 2
     assert f"test-held-ft seed 0: failed (job {job}: ended without a result (state CANCELLED)" in out.out
     assert out.err.strip().splitlines() == [f"forgetbench: error: 1 of 1 runs failed (reasons in {results}/"
                                             "failures.jsonl); rerun the same sweep to retry them"]
-    assert steps_logged(first_log) == [1, 2, 3]
+    assert steps_logged(log) == [1, 2, 3]
     assert ResultStore(results).load() == []  # the cancelled job recorded nothing ...
     assert torch.load(ckpt, weights_only=True)["step"] == 2  # ... and left its checkpoint
 
-    second_log = tmp_path / "steps-second-job"
-    monkeypatch.setenv("FB_TEST_STEP_LOG", str(second_log))
-    monkeypatch.delenv("FB_TEST_HOLD_AT")
-    assert main(argv + ["--wait"]) == 0
+    assert main(argv + ["--wait"]) == 0  # the same sweep again
     out = capsys.readouterr().out
     assert "0 already recorded" in out and "launching 1 (slurm)" in out
     (resubmitted,) = re.findall(r": complete \(job (\S+)\)", out)
     assert resubmitted != job
-    assert steps_logged(second_log) == [3, 4, 5, 6]  # continued after step 2: steps 1 and 2 not trained again
+    assert steps_logged(log) == [1, 2, 3, 3, 4, 5, 6]  # continued after step 2: steps 1 and 2 not trained again
     (record,) = ResultStore(results).load()
     assert not ckpt.exists()  # removed once the record is stored
     assert [p["step"] for p in record["trajectory"]] == [0, 2, 4, 6]
+    compare_with_uninterrupted(record, task, held_method)
 
-    monkeypatch.setenv("FB_TEST_STEP_LOG", str(tmp_path / "steps-uninterrupted"))
-    uninterrupted = run_one(task, str(method_file), 0, progress=False)
-    resumed, whole = flat(record["metrics"]), flat(uninterrupted["metrics"])
-    print(f"\n{'metric':<44} {'resumed after scancel':>22} {'uninterrupted':>22}")
-    for key in sorted(set(resumed) | set(whole)):
-        print(f"{key:<44} {resumed.get(key)!r:>22} {whole.get(key)!r:>22}")
-    assert resumed == whole
-    assert comparable(record) == comparable(uninterrupted)  # and everything else but timings and git state
+
+def test_preempted_job_requeues_itself_and_resumes_from_its_checkpoint(sweeps, held_method, tmp_path, monkeypatch,
+                                                                       capsys):
+    held = held_job(sweeps, tmp_path, monkeypatch, held_method, "requeue")
+    job = held.job
+    # what Slurm sends before a time limit or a preemption (submitit asks for it): the job requeues itself
+    slurm("scancel", "--signal=USR2", job)
+    wait_for(lambda: job_records(job)[0]["Restarts"] == "1" and job_records(job)[0]["JobState"] == "PENDING", 60,
+             f"job {job} to be requeued")
+    slurm("scontrol", "update", f"JobId={job}", "StartTime=now")  # Slurm holds a requeued job back 2 minutes
+    held.sweep.join(timeout=240)
+    assert not held.sweep.is_alive(), f"job {job} never finished after its requeue"
+    assert held.outcome["code"] == 0
+    out = capsys.readouterr().out
+    assert f"test-held-ft seed 0: complete (job {job})" in out  # the same job, requeued, not a new one
+    assert steps_logged(held.log) == [1, 2, 3, 3, 4, 5, 6]
+    job_log = "".join(p.read_text() for p in (held.results / "slurm" / job).glob("*_log.err"))
+    assert "resuming test-held-ft at step 2 of 6" in job_log
+    (record,) = ResultStore(held.results).load()
+    compare_with_uninterrupted(record, held.task, held_method)
