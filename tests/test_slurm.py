@@ -135,10 +135,10 @@ def array_jobs(out: str, status: str) -> list[tuple[str, str, str]]:
     return re.findall(rf"^  (.+): {status} \(job (\d+)_(\d+)\)$", out, re.M)
 
 
-def test_sweep_submits_one_job_array_and_a_rerun_submits_nothing(sweeps, tmp_path, capsys):
+def test_sweep_submits_one_job_array_that_parallel_limits_and_a_rerun_submits_nothing(sweeps, tmp_path, capsys):
     _, task_file = sweeps.task("array", steps=1)
     results = tmp_path / "results"
-    argv = sweeps.argv(task_file, results, "--methods", "ft,lp", "--seeds", "0", "--wait")
+    argv = sweeps.argv(task_file, results, "--methods", "ft,lp", "--seeds", "0", "--parallel", "1", "--wait")
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "0 already recorded" in out and "launching 2 (slurm)" in out
@@ -150,7 +150,14 @@ def test_sweep_submits_one_job_array_and_a_rerun_submits_nothing(sweeps, tmp_pat
     assert sorted(t["ArrayTaskId"] for t in tasks) == ["0", "1"]
     assert all(t["ArrayJobId"] == array and t["JobState"] == "COMPLETED" for t in tasks), tasks
     records = ResultStore(results).load()
-    assert sorted(r["method"]["name"] for r in records) == ["ft", "lp"]
+    assert sorted(r["method"]["name"] for r in records) == ["ft", "lp"]  # each job stored its run's record
+
+    # --parallel 1: what submitit asked for, what slurmctld holds, and what it did
+    script = (results / "slurm" / array / f"{array}_submission.sh").read_text()
+    assert "#SBATCH --array=0-1%1" in script
+    assert [t["ArrayTaskThrottle"] for t in tasks] == ["1", "1"]
+    (start_a, end_a), (start_b, _) = sorted((t["StartTime"], t["EndTime"]) for t in tasks)
+    assert end_a <= start_b, tasks  # the second started once the first had ended (unlimited, two CPUs run both)
 
     before = known_jobs()
     assert {f"{array}_0", f"{array}_1"} <= before
@@ -170,23 +177,6 @@ def test_a_refused_submission_is_one_line_and_submits_nothing(sweeps, tmp_path, 
     assert len(err) == 1 and err[0].startswith("forgetbench: error: the job array was not submitted: "), err
     assert "pass --gpus-per-run 0" in err[0]
     assert known_jobs() == before and not (tmp_path / "results" / "tiny-refused.jsonl").exists()
-
-
-def test_parallel_limits_how_many_jobs_of_the_array_run_at_once(sweeps, tmp_path, capsys):
-    _, task_file = sweeps.task("parallel", steps=1)
-    results = tmp_path / "results"
-    assert main(sweeps.argv(task_file, results, "--methods", "lp", "--seeds", "0,1", "--parallel", "1",
-                            "--wait")) == 0
-    jobs = array_jobs(capsys.readouterr().out, "complete")
-    assert len(jobs) == 2 and jobs[0][1] == jobs[1][1]
-    array = jobs[0][1]
-    script = (results / "slurm" / array / f"{array}_submission.sh").read_text()
-    assert "#SBATCH --array=0-1%1" in script  # what submitit asked for ...
-    tasks = finished_tasks(array)
-    assert [t["ArrayTaskThrottle"] for t in tasks] == ["1", "1"]  # ... what slurmctld holds ...
-    (start_a, end_a), (start_b, _) = sorted((t["StartTime"], t["EndTime"]) for t in tasks)
-    assert end_a <= start_b, tasks  # ... and what it did: the second started once the first had ended
-    assert len(ResultStore(results).load()) == 2
 
 
 HELD_METHOD = '''
