@@ -6,6 +6,7 @@ Playwright drives the system's Chromium (Debian: apt-get install chromium); it n
 """
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -194,7 +195,11 @@ def test_leaderboard_sorts_renders_its_figures_and_stays_offline(visit, leaderbo
     board = max((b for b in leaderboard_boards(records) if "ΔLP" in b.titles), key=lambda b: len(b.rows))
     table_id = f"board-{_slug(board.task)}"
     v = visit(path)
-    methods = lambda: [(r[1], r[2]) for r in v.rows(table_id)]  # noqa: E731 (method, params) per row, as shown
+
+    def methods() -> list[tuple[str, str]]:
+        """(method, params) of each row, as the page shows them now."""
+        return [(r[1], r[2]) for r in v.rows(table_id)]
+
     ranked = [(r["Method"], r["Params"]) for r in board.rows]
     assert methods() == ranked and len(ranked) > 3  # as ranked in leaderboard.md
 
@@ -224,8 +229,6 @@ def test_leaderboard_sorts_renders_its_figures_and_stays_offline(visit, leaderbo
 @pytest.fixture(scope="module")
 def audit_report(tmp_path_factory):
     """An audit of a tiny fine-tune on two held-out datasets: its report folder and audit.json."""
-    import json
-
     tmp = tmp_path_factory.mktemp("audit")
     task = tiny_task(steps=3)
     record = run_one(task, "ft", 0, progress=False, weights_dir=tmp / "weights")
