@@ -108,7 +108,7 @@ class Sweeps:
 def sweeps(cluster, tmp_path, monkeypatch):
     # jobs are fresh interpreters: they must find this forgetbench and the tiny test datasets
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    helper = Sweeps(tmp_path)
+    made = Sweeps(tmp_path)
 
     def too_long(signum, frame):
         raise TimeoutError(f"the test ran past {TEST_LIMIT_S} s")
@@ -116,11 +116,11 @@ def sweeps(cluster, tmp_path, monkeypatch):
     previous = signal.signal(signal.SIGALRM, too_long)
     signal.alarm(TEST_LIMIT_S)
     try:
-        yield helper
+        yield made
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
-        helper.cancel_leftovers()
+        made.cancel_leftovers()
 
 
 def finished_tasks(array: str) -> list[dict[str, str]]:
