@@ -6,8 +6,12 @@ log. The results store takes concurrent writers, so any number of jobs may appen
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
+import subprocess
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +187,7 @@ class SlurmLauncher:
     account: str | None = None
     wait: bool = False
     name: str = "forgetbench"
+    poll_s: float = 2.0  # with ``wait``: how often squeue is asked whether a job is still there
 
     def executor(self):
         try:
@@ -205,11 +210,19 @@ class SlurmLauncher:
         if not jobs:
             return []
         executor = self.executor()
-        submitted = executor.submit_array(jobs)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes a refusal; it is in the error below
+                submitted = executor.submit_array(jobs)
+        except Exception as e:  # sbatch refused the array: its own words, on one line
+            why = " ".join(str(e).replace("sbatch: error:", "").split()) or type(e).__name__
+            raise ForgetbenchError(f"the job array was not submitted: {why}"
+                                   + (_GRES_HINT if "gres" in why.lower() else "")) from None
         outcomes = []
         for job, handle in zip(jobs, submitted):
             if not self.wait:
                 outcome = Outcome(job.label, "submitted", f"job {handle.job_id}")
+            elif executor.cluster == "slurm" and not _wait_for_slurm_job(handle, self.poll_s):
+                outcome = Outcome(job.label, "failed", f"job {handle.job_id}: {_lost_job_reason(handle)}")
             else:
                 try:
                     outcome = Outcome(job.label, handle.result(), f"job {handle.job_id}")
@@ -219,3 +232,52 @@ class SlurmLauncher:
             outcomes.append(outcome)
             report(outcome)
         return outcomes
+
+
+_GRES_HINT = " (on a cluster without GPUs, pass --gpus-per-run 0)"
+
+# Slurm job states after which a job never runs again. PREEMPTED is left out: a requeued job passes through it.
+_FINAL_STATES = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                 "TIMEOUT"}
+
+
+def slurm_job_state(job_id: str) -> str | None:
+    """The job's state as squeue reports it (a finished job too, while slurmctld remembers it), "" once slurmctld
+    has forgotten it, or None when squeue cannot say (controller unreachable)."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "--states=all", "-j", str(job_id), "-o", "%T"], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return "" if "invalid job id" in proc.stderr.lower() else None
+    states = proc.stdout.split()
+    return states[0] if states else ""
+
+
+def _wait_for_slurm_job(handle, poll_s: float, grace_s: float = 15.0) -> bool:
+    """Wait until the job has written its result (True) or has left Slurm without one (False).
+
+    submitit alone asks ``sacct`` whether a job ended; on a cluster without accounting it never learns, and a job
+    cancelled or killed before writing its result would be waited for forever. ``squeue`` knows on every cluster.
+    ``grace_s`` lets a result written just before the end reach a shared file system.
+    """
+    result = handle.paths.result_pickle
+    gone_since = None
+    while not result.exists():
+        state = slurm_job_state(handle.job_id)
+        if state == "" or state in _FINAL_STATES:
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since > grace_s:
+                return False
+        else:  # queued, running, being requeued, or squeue cannot say: it may still write its result
+            gone_since = None
+        time.sleep(poll_s)
+    return True
+
+
+def _lost_job_reason(handle) -> str:
+    state = slurm_job_state(handle.job_id) or "no longer known to Slurm"
+    log = handle.stderr() or ""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    return f"ended without a result (state {state})" + (f"; its log ends: {lines[-1]}" if lines else "")

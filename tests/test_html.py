@@ -16,6 +16,8 @@ from forgetbench.records import parse_record, run_id
 
 from pipeline_helpers import RESULT_SCHEMA, summary_of
 
+from needs import missing
+
 SPEC = {"seeds": [0, 1, 2]}  # the task asks for three seeds
 
 
@@ -137,8 +139,11 @@ def test_cli_writes_markdown_and_html_beside_it(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["leaderboard.html", "leaderboard.md"]
 
 
-@pytest.mark.skipif(find_chromium() is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
+@pytest.mark.browser
 def test_chromium_renders_the_page_and_sorts_it(tmp_path):
+    """Chromium's own --dump-dom, as bench/leaderboard_screenshot.py uses it (no Playwright)."""
+    if find_chromium() is None:
+        missing("browser", "headless Chromium is not installed (Debian: apt-get install chromium)")
     path = tmp_path / "leaderboard.html"
     path.write_text(render_leaderboard_html(RUNS), encoding="utf-8")
     md = md_rows(render_leaderboard(RUNS))

@@ -167,7 +167,8 @@ def report_html(result: Mapping, images: Mapping[str, bytes]) -> str:
             f"<code>{esc(result['reference']['model'])}</code></h1>",
             f'<p class="summary">{esc(result["summary_line"])}</p>',
             "<ul>" + "".join(f"<li>{_inline_md(line[2:])}</li>" for line in _context_lines(result)) + "</ul>",
-            "<h2>Per held-out dataset</h2>", table(titles, rows, keys, numeric=numeric, table_id="datasets")]
+            "<h2>Per held-out dataset</h2>",
+            table(titles, rows[:-1], keys[:-1], numeric=numeric, table_id="datasets", footer=rows[-1:])]  # mean last
     body += [f"<figure>{png_img(data, name)}</figure>" for name, data in images.items()]
     body.append("<h2>Worst-hit concepts</h2>")
     body.append(table(ctitles, crows, numeric=numeric, table_id="concepts") if crows else

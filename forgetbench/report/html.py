@@ -28,25 +28,31 @@ th.sortable { cursor: pointer; } th.sortable::after { content: " \\2195"; color:
 th[aria-sort=ascending]::after { content: " \\25B2"; color: #1b1f23; }
 th[aria-sort=descending]::after { content: " \\25BC"; color: #1b1f23; }
 div.scroll { overflow-x: auto; }
-td.num { text-align: right; white-space: nowrap; } tr.few-seeds td { background: #fff8c5; }
+td.num { text-align: right; white-space: nowrap; } tfoot td { font-weight: 600; } tr.few-seeds td { background: #fff8c5; }
 .note, .refs { color: #57606a; } figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #d0d7de; }
 figcaption { font-weight: 600; margin-bottom: .4em; } code { background: #f6f8fa; padding: 0 .25em; }
 p.summary { font-size: 1.1em; padding: .6em .8em; background: #f6f8fa; border-left: 4px solid #0969da; }
 """
 
-# Sort a table by a column: numbers by the cell's data-sort value, text otherwise; stable, so ties keep their order.
+# Sort a table by a column: by the cell's data-sort value, else by its text; a value that reads as a number sorts as
+# one (a leading "+" or a Unicode minus too), numbers before text, so a column mixing both still has one order.
+# Stable, so ties keep their order. Rows in <tfoot> (a summary row) stay where they are.
 SORT_JS = """
 function fbKey(cell) {
   var v = cell.getAttribute("data-sort");
-  if (v === null) return cell.textContent.trim().toLowerCase();
-  var n = Number(v);
-  return isNaN(n) ? v.toLowerCase() : n;
+  var text = v === null ? cell.textContent.trim() : v;
+  var n = v === null ? parseFloat(text.replace(/^\\+/, "").replace(/\\u2212/g, "-"))
+                     : (v.trim() === "" ? NaN : Number(v));
+  return isNaN(n) ? text.toLowerCase() : n;
+}
+function fbCompare(x, y) {
+  if (typeof x !== typeof y) return typeof x === "number" ? -1 : 1;
+  return x < y ? -1 : x > y ? 1 : 0;
 }
 function fbSort(table, col, dir) {
   var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
   rows.sort(function (a, b) {
-    var x = fbKey(a.cells[col]), y = fbKey(b.cells[col]);
-    return (x < y ? -1 : x > y ? 1 : 0) * dir;
+    return fbCompare(fbKey(a.cells[col]), fbKey(b.cells[col])) * dir;
   });
   rows.forEach(function (r) { body.appendChild(r); });
   var ths = table.tHead.rows[0].cells;
@@ -99,23 +105,27 @@ def _sort_attr(value: Any) -> str:
 
 def table(titles: Sequence[str], rows: Iterable[dict[str, str]], sort_keys: Iterable[dict[str, Any]] | None = None,
           keys: dict[str, str] | None = None, numeric: Iterable[str] = (), row_classes: Iterable[str] | None = None,
-          table_id: str | None = None) -> str:
-    """A sortable table; ``sort_keys`` gives the value a cell sorts by, ``keys`` the column's name in ``#sort=``."""
+          table_id: str | None = None, footer: Iterable[dict[str, str]] = ()) -> str:
+    """A sortable table; ``sort_keys`` gives the value a cell sorts by, ``keys`` the column's name in ``#sort=``;
+    ``footer`` rows (a summary) stay below the others whatever the order."""
     keys = keys or {}
     numeric = set(numeric)
     rows = list(rows)
     sort_keys = list(sort_keys) if sort_keys is not None else [{} for _ in rows]
     classes = list(row_classes) if row_classes is not None else ["" for _ in rows]
     head = "".join(f'<th scope="col" data-key="{esc(keys.get(t, _slug(t)))}">{esc(t)}</th>' for t in titles)
-    body = []
-    for row, sort, cls in zip(rows, sort_keys, classes):
+
+    def tr(row: dict[str, str], sort: dict[str, Any], cls: str) -> str:
         cells = "".join("<td" + (' class="num"' if t in numeric else "") + (_sort_attr(sort[t]) if t in sort else "")
                         + f">{esc(row.get(t, ''))}</td>" for t in titles)
-        tr = f'<tr class="{esc(cls)}">' if cls else "<tr>"
-        body.append(f"{tr}{cells}</tr>")
+        return (f'<tr class="{esc(cls)}">' if cls else "<tr>") + f"{cells}</tr>"
+
+    body = [tr(row, sort, cls) for row, sort, cls in zip(rows, sort_keys, classes)]
+    foot = [tr(row, {}, "") for row in footer]
+    tfoot = "<tfoot>\n" + "\n".join(foot) + "\n</tfoot>\n" if foot else ""
     ident = f' id="{esc(table_id)}"' if table_id else ""
     return (f'<div class="scroll"><table class="sortable"{ident}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
-            + "\n".join(body) + "\n</tbody>\n</table></div>")
+            + "\n".join(body) + "\n</tbody>\n" + tfoot + "</table></div>")
 
 
 def _slug(text: str) -> str:
