@@ -130,6 +130,19 @@ class PaperTarget:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TuningSpec:
+    """How the task's training hyper-parameters were chosen: ``method`` fine-tuned at every point of ``grid`` (train
+    fields -> values tried) with ``seeds``; ``val_acc`` holds each point's mean target validation accuracy and ``rule``
+    says in words how they decided (``bench/tune_protocol.py`` reproduces it). The chosen values are in ``train``."""
+
+    method: str = "ft"
+    seeds: tuple[int, ...]
+    rule: str
+    grid: Mapping[str, tuple[float, ...]]
+    val_acc: tuple[Mapping[str, float], ...]  # one entry per grid point: its values and "acc"
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """One validated task. Build it with ``from_dict`` or ``load_task``; ``to_dict`` gives the resolved record form.
 
@@ -149,6 +162,7 @@ class TaskSpec:
     seeds: tuple[int, ...]
     sequence: SequenceSpec | None = field(default=None, metadata=_OMIT_IF_NONE)  # continual fine-tuning
     targets: tuple[PaperTarget, ...] | None = field(default=None, metadata=_OMIT_IF_NONE)  # published numbers
+    tuning: TuningSpec | None = field(default=None, metadata=_OMIT_IF_NONE)  # where train's values came from
     source: str = field(default="<dict>", compare=False, repr=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -394,6 +408,8 @@ def _build(ctx: _Ctx, d: Any) -> TaskSpec:
         params[method] = MappingProxyType({k: _param_value(ctx, v, _join(path, k)) for k, v in overrides.items()})
     kw["method_params"] = MappingProxyType(params)
     kw["seeds"] = _list(ctx, top["seeds"], "seeds", lambda v, p: _seed(ctx, v, p))
+    if top.get("tuning") is not None:
+        kw["tuning"] = _build_tuning(ctx, top["tuning"], kw["train"])
     if top.get("targets") is not None:
         kw["targets"] = _list(ctx, top["targets"], "targets", lambda v, p: _build_target(ctx, v, p))
     return TaskSpec(**kw, source=ctx.source, lines=MappingProxyType(dict(ctx.lines)))
@@ -408,6 +424,53 @@ def _build_target(ctx: _Ctx, value: Any, path: str) -> PaperTarget:
         "value": _or_null(lambda ctx, v, p: _num(ctx, v, p, "a number or null", lambda _: True)),
         "note": _text,
     }))
+
+
+#: Train fields a tuning grid may vary (the numeric ones).
+TUNABLE = ("lr", "weight_decay", "batch_size", "epochs", "steps", "warmup_steps", "grad_clip", "label_smoothing")
+
+
+def _build_tuning(ctx: _Ctx, value: Any, train: TrainSpec) -> TuningSpec:
+    t = _section(ctx, value, "tuning", TuningSpec, ("seeds", "rule", "grid", "val_acc"))
+    kw = _fill(ctx, t, "tuning", {"method": _name("method"),
+                                  "rule": lambda ctx, v, p: _str(ctx, v, p, "the selection rule, in words"),
+                                  "seeds": lambda ctx, v, p: _list(ctx, v, p, lambda x, q: _seed(ctx, x, q))})
+    grid: dict[str, tuple[float, ...]] = {}
+    for key, values in _section(ctx, t["grid"], "tuning.grid", None, ()).items():
+        path = _join("tuning.grid", key)
+        if key not in TUNABLE:
+            raise ctx.err(path, f"not a train field a grid can vary{_hint(key, TUNABLE)} "
+                                f"(accepted: {', '.join(TUNABLE)})")
+        grid[key] = _list(ctx, values, path, lambda x, q: _positive(ctx, x, q))
+        if getattr(train, key) not in grid[key]:
+            raise ctx.err(path, f"train.{key} is {_show(getattr(train, key))}, which is not among the values tried")
+    if not grid:
+        raise ctx.err("tuning.grid", "expected at least one train field with the values tried, e.g. {lr: [1e-4, 3e-4]}")
+    points = _list(ctx, t["val_acc"], "tuning.val_acc", lambda v, p: _tuning_point(ctx, v, p, grid))
+    seen: dict[tuple, int] = {}
+    for i, point in enumerate(points):
+        at = tuple(point[k] for k in grid)
+        if at in seen:
+            raise ctx.err(f"tuning.val_acc[{i}]",
+                          f"the grid point {dict(zip(grid, at))} is also tuning.val_acc[{seen[at]}]")
+        seen[at] = i
+    if len(points) != math.prod(len(v) for v in grid.values()):
+        raise ctx.err("tuning.val_acc", f"has {len(points)} entries for a grid of "
+                                        f"{math.prod(len(v) for v in grid.values())} points (one entry per point)")
+    return TuningSpec(**kw, grid=MappingProxyType(grid), val_acc=tuple(MappingProxyType(p) for p in points))
+
+
+def _tuning_point(ctx: _Ctx, value: Any, path: str, grid: Mapping[str, tuple[float, ...]]) -> dict[str, float]:
+    """One grid point's entry: a value of every grid field, and its validation accuracy ``acc``."""
+    point = _section(ctx, value, path, None, (*grid, "acc"))
+    for key, v in point.items():
+        if key == "acc":
+            _num(ctx, v, _join(path, key), "an accuracy in [0, 100]", lambda x: 0 <= x <= 100)
+        elif key not in grid:
+            raise ctx.err(_join(path, key), f"is not a field of tuning.grid ({', '.join(grid)}, acc)")
+        elif v not in grid[key]:
+            raise ctx.err(_join(path, key), f"{_show(v)} is not among tuning.grid.{key}'s values")
+    return dict(point)
 
 
 def _build_finetune(ctx: _Ctx, value: Any, in_sequence: bool) -> FinetuneSpec:
@@ -675,6 +738,8 @@ def check_names(spec: TaskSpec, datasets: Any, models: Any, methods: Any) -> Non
     checks += [(f"evaluate.datasets[{i}]", d, datasets) for i, d in enumerate(spec.evaluate.datasets)]
     checks += [(f"methods[{i}]", m, methods) for i, m in enumerate(spec.methods)]
     checks += [(_join("method_params", m), m, methods) for m in spec.method_params]
+    if spec.tuning is not None:
+        checks.append(("tuning.method", spec.tuning.method, methods))
     for path, name, registry in checks:
         try:
             registry.get(name)
