@@ -12,6 +12,7 @@ trap 'rm -rf "$work"' EXIT
 git clone -q "$src" "$work/forgetbench"
 cd "$work/forgetbench"
 export FORGETBENCH_CACHE="$work/cache"
+load="$(cut -d' ' -f1-3 /proc/loadavg)"  # other work on the machine slows every step: say how much there was
 start=$(date +%s)
-PYTHONPATH="$work/forgetbench" "$PY" -m forgetbench.cli run mini-shapes --seeds 0 --quiet "$@"
-echo "main command: $(( $(date +%s) - start ))s wall on $(nproc) cores"
+PYTHONPATH="$work/forgetbench" "$PY" -m forgetbench.cli run --seeds 0 --quiet "$@"  # the default task
+echo "main command: $(( $(date +%s) - start ))s wall on $(nproc) cores (load average before: $load; after: $(cut -d" " -f1-3 /proc/loadavg))"

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import itertools
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -63,7 +64,9 @@ def parse_grid(items: list[str], train) -> dict[str, list]:
 def select(points: list[dict], grid: dict[str, list], tolerance: float) -> dict:
     """The rule: the best mean validation accuracy, ties (within ``tolerance``) to the smallest values in grid order."""
     best = max(p["val"] for p in points)
-    ties = [p for p in points if p["val"] >= best - tolerance]
+    # inclusive, with slack for rounding: accuracies are counts / n in floating point, and a point exactly
+    # ``tolerance`` below the best (81.55 against 82.55) must not fall out of the ties by 2e-14
+    ties = [p for p in points if p["val"] >= best - tolerance - 1e-9]
     return min(ties, key=lambda p: tuple(p["values"][k] for k in grid))
 
 
@@ -152,10 +155,11 @@ def main() -> int:
         row += [f"{np.mean([r['dlp'] for r in p['runs']]):+.2f}"] if args.heldout else []
         rows.append(row + (["← chosen"] if p is chosen else [""]))
     print(f"{task.name} v{task.version}: {args.method} on {task.finetune.dataset}, seeds {seeds}; rule: {rule}")
-    print(tabulate(rows, headers=headers + [""], tablefmt="github"))
+    print(tabulate(rows, headers=headers + [""], tablefmt="github", disable_numparse=True))
     print(f"\n# paste into tasks/{task.name}.yaml ({time.time() - start:.0f}s)")
     print("train:\n" + "".join(f"  {k}: {yaml_number(v)}\n" for k, v in chosen["values"].items()), end="")
-    print(f"tuning:\n  method: {args.method}\n  seeds: {seeds}\n  rule: >-\n    {rule}")
+    print(f"tuning:\n  method: {args.method}\n  seeds: {seeds}\n  rule: >-")
+    print(textwrap.fill(rule, 116, initial_indent="    ", subsequent_indent="    "))
     print("  grid: {" + ", ".join(f"{k}: [{', '.join(yaml_number(v) for v in vs)}]" for k, vs in grid.items()) + "}")
     print("  val_acc:")
     for p in points:
