@@ -130,7 +130,7 @@ class Look:
     """How a scene is drawn, beyond the concepts its captions name: attributes no pre-training caption ever names.
 
     A field left at None is drawn at random, exactly as for pre-training (same numbers from the same generator);
-    a value sets it, which is how the attribute datasets (``ATTRIBUTES``) label their scenes.
+    a value sets it, which is how the attribute datasets (``mini_attributes.ATTRIBUTES``) label their scenes.
     """
 
     noise: float | None = None  # std of the Gaussian pixel noise (pre-training: 0.02-0.05)
