@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Time the README's main command from a clean clone, with an empty cache (nothing precomputed):
 #   bash bench/time_default_run.sh [PYTHON [EXTRA forgetbench run ARGS...]]
+#   OMP_NUM_THREADS=1 bash bench/time_default_run.sh   # on a busy machine: one thread, and read the CPU time
 # PYTHON defaults to the active interpreter; it must have forgetbench's dependencies installed. Extra arguments go
 # to `forgetbench run` (e.g. --results "$PWD/results" to keep the records).
 set -euo pipefail
@@ -15,4 +16,9 @@ export FORGETBENCH_CACHE="$work/cache"
 load="$(cut -d' ' -f1-3 /proc/loadavg)"  # other work on the machine slows every step: say how much there was
 start=$(date +%s)
 PYTHONPATH="$work/forgetbench" "$PY" -m forgetbench.cli run --seeds 0 --quiet "$@"  # the default task
-echo "main command: $(( $(date +%s) - start ))s wall on $(nproc) cores (load average before: $load; after: $(cut -d" " -f1-3 /proc/loadavg))"
+# (getconf, not nproc: nproc reports OMP_NUM_THREADS when it is set)
+echo "main command: $(( $(date +%s) - start ))s wall on $(getconf _NPROCESSORS_ONLN) cores (load average before: $load;" \
+     "after: $(cut -d" " -f1-3 /proc/loadavg))"
+# CPU time does not grow with other work the way wall time does: with OMP_NUM_THREADS=1 it bounds the wall time
+# of the same run on an idle machine
+echo "CPU time, user and system: $(times | tail -1)"
