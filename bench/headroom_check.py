@@ -1,7 +1,7 @@
 """Does a fine-tune target have headroom? The bars of the mini world's targets, checked on run records.
 
-    forgetbench run mini-noise --methods ft,lp --seeds 0,1,2 --results /tmp/headroom
-    python bench/headroom_check.py --results /tmp/headroom [--tasks mini-noise,mini-brightness] [--method ft]
+    forgetbench run mini-noise --methods ft,lp --seeds 0,1,2 --results DIR
+    python bench/headroom_check.py --results DIR [--tasks mini-noise,mini-brightness] [--method ft]
 
 Per task: the pre-trained linear probe on the target (the `lp` run: the frozen encoder with the protocol's probe),
 the fine-tuned method's target accuracy and its mean ΔLP over the held-out datasets, each as the mean over seeds with a

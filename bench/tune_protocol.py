@@ -126,9 +126,14 @@ def main() -> int:
     args = ap.parse_args()
     try:
         task = load_task(args.task)
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except (ForgetbenchError, ValueError) as e:
+        get_method(args.method)
+    except ForgetbenchError as e:
         raise SystemExit(f"tune_protocol: error: {e}") from None
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"tune_protocol: error: --seeds {args.seeds!r}: expected integers separated by commas") \
+            from None
     if task.sequence is not None or task.finetune.seen_classes is not None:
         raise SystemExit(f"tune_protocol: error: {task.name} is a sequence or absent-class task; tune a plain one")
     grid = parse_grid(args.grid, task.train)
