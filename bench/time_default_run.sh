@@ -21,4 +21,5 @@ echo "main command: $(( $(date +%s) - start ))s wall on $(getconf _NPROCESSORS_O
      "after: $(cut -d" " -f1-3 /proc/loadavg))"
 # CPU time does not grow with other work the way wall time does: with OMP_NUM_THREADS=1 it bounds the wall time
 # of the same run on an idle machine
-echo "CPU time, user and system: $(times | tail -1)"
+times > "$work/times"  # not in a pipe or $(...): a subshell would report its own (empty) children
+echo "CPU time, user and system: $(tail -1 "$work/times")"
