@@ -125,9 +125,24 @@ class Scene:
     count: int  # number of main objects
 
 
-def render(scene: Scene, rng: np.random.Generator, digit: np.ndarray | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class Look:
+    """How a scene is drawn, beyond the concepts its captions name: attributes no pre-training caption ever names.
+
+    A field left at None is drawn at random, exactly as for pre-training (same numbers from the same generator);
+    a value sets it, which is how the attribute datasets (``mini_attributes.ATTRIBUTES``) label their scenes.
+    """
+
+    noise: float | None = None  # std of the Gaussian pixel noise (pre-training: 0.02-0.05)
+    brightness: float | None = None  # mean over RGB of the background's base colour (pre-training: ~0.33 ± 0.06)
+    quarter_turns: int | None = None  # the main object turned clockwise by this many quarter turns (else upright)
+
+
+def render(scene: Scene, rng: np.random.Generator, digit: np.ndarray | None = None, look: Look = Look()) -> np.ndarray:
     """Draw a scene as uint8 [32, 32, 3]. ``digit`` (an 8x8 grey glyph) replaces the main object when given."""
     base = rng.uniform(0.15, 0.5, 3)
+    if look.brightness is not None:  # keep the drawn tint (how far each channel is from the mean), set the mean
+        base = base - base.mean() + look.brightness
     # from barely visible under the pixel noise to bold: faint textures keep the texture concept off its ceiling
     contrast = rng.uniform(0.01, 0.30)
     img = np.ones((IMAGE_SIZE, IMAGE_SIZE, 3)) * base + contrast * (texture_pattern(scene.texture, rng)[..., None] - 0.5)
@@ -148,7 +163,10 @@ def render(scene: Scene, rng: np.random.Generator, digit: np.ndarray | None = No
         cell = IMAGE_SIZE / 3
         # the centre lies anywhere in its cell, so neighbouring cells' objects come close (no ceiling)
         cx, cy = (col + rng.uniform(0, 1)) * cell, (row + rng.uniform(0, 1)) * cell
-        _paint(img, shape_mask(scene.shape, cx, cy, rng.uniform(4.5, 6.5), rng.normal(0, 0.15)), rgb)
+        r, angle = rng.uniform(4.5, 6.5), rng.normal(0, 0.15)  # in this order: the generator's stream is the data
+        if look.quarter_turns is not None:
+            angle += look.quarter_turns * np.pi / 2
+        _paint(img, shape_mask(scene.shape, cx, cy, r, angle), rgb)
     else:
         centres: list[tuple[float, float]] = []
         r, tries = rng.uniform(2.4, 3.2), 0
@@ -161,7 +179,7 @@ def render(scene: Scene, rng: np.random.Generator, digit: np.ndarray | None = No
                 centres = []
         for cx, cy in centres:
             _paint(img, shape_mask(scene.shape, cx, cy, r, rng.normal(0, 0.2)), rgb)
-    img += rng.normal(0, rng.uniform(0.02, 0.05), img.shape)
+    img += rng.normal(0, rng.uniform(0.02, 0.05) if look.noise is None else look.noise, img.shape)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 

@@ -7,8 +7,8 @@ validates it; every problem becomes one ``SpecError`` line that starts with ``fi
 from .files import load_task_text
 from .lookup import ENV_TASKS_PATH, TASKS, check_names, load_task, shipped_tasks_dir, tasks_dirs
 from .spec import (ANCHORS, ClassSplitSpec, EvalSpec, FinetuneSpec, LinearProbeSpec, PaperTarget, SequenceSpec,
-                   TaskSpec, TrainSpec)
+                   TaskSpec, TrainSpec, TUNABLE, TuningSpec)
 
 __all__ = ["ANCHORS", "ClassSplitSpec", "ENV_TASKS_PATH", "EvalSpec", "FinetuneSpec", "LinearProbeSpec", "PaperTarget",
-           "SequenceSpec", "TASKS", "TaskSpec", "TrainSpec", "check_names", "load_task", "load_task_text",
-           "shipped_tasks_dir", "tasks_dirs"]
+           "SequenceSpec", "TASKS", "TUNABLE", "TaskSpec", "TrainSpec", "TuningSpec", "check_names", "load_task",
+           "load_task_text", "shipped_tasks_dir", "tasks_dirs"]

@@ -7,6 +7,7 @@ on) is checked by the task's protocol (``forgetbench.protocols``), right after t
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import re
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from ..errors import SpecError, UnknownNameError
 from ..evaluate.drift_metrics import DRIFT_METRICS
 from ..protocol import protocol_for
 from ..schema import (INVALID, Choice, Custom, Flag, Integer, ListOf, MapOf, Nullable, Number, Problems, Section, Text,
-                      entry, internal, read, to_json)
+                      entry, hint, internal, join, read, show, to_json)
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 OPTIMIZERS = ("adamw", "sgd")
@@ -26,7 +27,8 @@ HEAD_INITS = ("zeroshot", "linear-probe")
 ANCHORS = ("previous", "original")  # what a sequence step's method regularises towards
 SEQUENCE_ACCURACIES = ("zs", "lp")  # what fills a sequence's accuracy matrix
 #: The parts of a task that do not define the measurement: its name, its words, and its default methods and seeds.
-NOT_PROTOCOL = ("name", "version", "description", "methods", "method_params", "seeds", "targets")
+#: ``tuning`` documents how ``train`` was chosen; the chosen values themselves are in ``train``.
+NOT_PROTOCOL = ("name", "version", "description", "methods", "method_params", "seeds", "targets", "tuning")
 
 _DATASET = Text("a dataset name")
 _SPLIT = Text("a split name")
@@ -157,6 +159,67 @@ class PaperTarget:
     note: str = entry(Text("a string", allow_empty=True), "")
 
 
+#: Train fields a tuning grid may vary (the numeric ones).
+TUNABLE = ("lr", "weight_decay", "batch_size", "epochs", "steps", "warmup_steps", "grad_clip", "label_smoothing")
+
+
+def _tunable(key: Any, path: str, problems: Problems) -> Any:
+    if key not in TUNABLE:
+        return problems.add(path, f"not a train field a grid can vary{hint(key, TUNABLE)} (accepted: "
+                                  f"{', '.join(TUNABLE)})")
+    return key
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuningSpec:
+    """How the task's training hyper-parameters were chosen: ``method`` fine-tuned at every point of ``grid`` (train
+    fields -> values tried) with ``seeds``; ``val_acc`` holds each point's mean target validation accuracy and ``rule``
+    says in words how they decided (``bench/tune_protocol.py`` reproduces it). The chosen values are in ``train``."""
+
+    method: str = entry(Text("a method name"), "ft")
+    seeds: tuple[int, ...] = entry(ListOf(_SEED))
+    rule: str = entry(Text("the selection rule, in words"))
+    grid: Mapping[str, tuple[float, ...]] = entry(MapOf(ListOf(Number(gt=0, coerce=True)), key=Custom(_tunable)))
+    # one entry per grid point: its value of every grid field, and its validation accuracy "acc"
+    val_acc: tuple[Mapping[str, float], ...] = entry(ListOf(MapOf(Number(ge=0, coerce=True))))
+
+    def check_against(self, train: TrainSpec, path: str, problems: Problems) -> None:
+        """The grid holds ``train``'s chosen values, and ``val_acc`` has one entry per grid point."""
+        for key, values in self.grid.items():
+            if getattr(train, key) not in values:
+                problems.add(f"{path}.grid.{key}", f"train.{key} is {show(getattr(train, key))}, which is not among "
+                                                   f"the values tried")
+        if not self.grid:
+            problems.add(f"{path}.grid", "expected at least one train field with the values tried, e.g. "
+                                         "{lr: [1e-4, 3e-4]}")
+            return
+        seen: dict[tuple, int] = {}
+        for i, point in enumerate(self.val_acc):
+            at = f"{path}.val_acc[{i}]"
+            missing = [k for k in (*self.grid, "acc") if k not in point]
+            for key in point:
+                if key == "acc":
+                    if point[key] > 100:
+                        problems.add(join(at, key), f"expected an accuracy in [0, 100], got {show(point[key])}")
+                elif key not in self.grid:
+                    problems.add(join(at, key), f"is not a field of {path}.grid ({', '.join(self.grid)}, acc)")
+                elif point[key] not in self.grid[key]:
+                    problems.add(join(at, key), f"{show(point[key])} is not among {path}.grid.{key}'s values")
+            for key in missing:
+                problems.add(join(at, key), "missing required field")
+            if missing:
+                continue
+            values = tuple(point[k] for k in self.grid)
+            if values in seen:
+                problems.add(at, f"the grid point {dict(zip(self.grid, values))} is also "
+                                 f"{path}.val_acc[{seen[values]}]")
+            seen[values] = i
+        points = math.prod(len(v) for v in self.grid.values())
+        if len(self.val_acc) != points:
+            problems.add(f"{path}.val_acc", f"has {len(self.val_acc)} entries for a grid of {points} points (one entry "
+                                            f"per point)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """One validated task. Build it with ``from_dict`` or ``load_task``; ``to_dict`` gives the resolved record form.
@@ -181,11 +244,14 @@ class TaskSpec:
         MapOf(MapOf(Custom(_param_value)), key=Text("a method name")), factory=lambda: MappingProxyType({}))
     seeds: tuple[int, ...] = entry(ListOf(_SEED))
     targets: tuple[PaperTarget, ...] | None = entry(Nullable(ListOf(Section(PaperTarget))), None, omit_if_none=True)
+    tuning: TuningSpec | None = entry(Nullable(Section(TuningSpec)), None, omit_if_none=True)  # where train came from
     source: str = internal("<dict>")
     lines: Mapping[str, int] = internal(factory=dict)
 
     def check_fields(self, path: str, problems: Problems) -> None:
         """What the task's protocol asks of it beyond the types of its fields."""
+        if self.tuning is not None:
+            self.tuning.check_against(self.train, "tuning", problems)
         try:
             protocol = protocol_for(self)
         except UnknownNameError as e:
