@@ -27,7 +27,7 @@ import yaml
 from . import provenance
 from .errors import SpecError, UnknownNameError, WeightsError
 from .registry import Registry
-from .models.weights_io import file_sha256
+from .models.weights_io import file_sha256, torch_load_tensors
 from .results import summarize_heldout
 
 AUDIT_SCHEMA = "forgetbench.audit/1"
@@ -137,12 +137,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {}), kind
         except Exception as e:  # safetensors has its own error types for damaged files
             raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for anything but tensors and plain containers
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: refused by torch.load(weights_only=True): it holds more than tensors and plain "
-                           f"containers ({first[:200]}); save model.state_dict() (or use safetensors)") from None
+    obj = torch_load_tensors(path)  # weights_only=True: a pickle that needs more than tensors is refused
     return _unwrap(obj, path), {}, kind
 
 
