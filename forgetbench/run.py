@@ -20,6 +20,7 @@ from .cache import cache_dir
 from .checkpoint import Checkpointer
 from .data import get_dataset
 from .data.base import ImageDataset
+from .data.subsets import sample_subset
 from .errors import DataError, ForgetbenchError, ResourceError, SpecError
 from .evaluate.absent import evaluate_absent, seen_view
 from .evaluate.drift import kernel_drift, l2_drift, weight_drift
@@ -272,6 +273,8 @@ def _run(task, method: Method, seed: int, rid: str, store: ResultStore | None, d
             if split not in ds.split_names:
                 raise DataError(f"dataset {ds.name!r} has no split {split!r} (it has: {', '.join(ds.split_names)}); "
                                 f"set finetune.train_split / val_split / test_split in the task")
+    if task.finetune.subset:  # the protocol's seeded sample of the fine-tune dataset (e.g. sized for a CPU)
+        datasets[task.finetune.dataset] = sample_subset(datasets[task.finetune.dataset], dict(task.finetune.subset))
     ref = build_reference(task, device)
     use_text = ref.model.has_text and task.evaluate.zero_shot
     text_weights = {n: zeroshot_weights(ref.model, d) for n, d in datasets.items()} if use_text else {}

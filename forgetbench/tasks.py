@@ -44,7 +44,9 @@ class FinetuneSpec:
     """The dataset the model is fine-tuned on, and which of its splits play which role.
 
     ``seen_classes`` (class names) selects the absent-class protocol: fine-tune on those classes only, evaluate over
-    all of them. A sequence task has no ``dataset`` here (its datasets are in ``sequence``), only the split roles.
+    all of them. ``subset`` (split name -> images) uses a seeded sample of that many images of those splits of the
+    fine-tune dataset (a protocol sized for a CPU; ``data.subsets.sample_subset``). A sequence task has no ``dataset``
+    here (its datasets are in ``sequence``), only the split roles.
     """
 
     dataset: str | None = field(default=None, metadata=_OMIT_IF_NONE)
@@ -52,6 +54,7 @@ class FinetuneSpec:
     val_split: str = "val"
     test_split: str = "test"
     seen_classes: tuple[str, ...] | None = field(default=None, metadata=_OMIT_IF_NONE)
+    subset: Mapping[str, int] | None = field(default=None, metadata=_OMIT_IF_NONE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -422,10 +425,19 @@ def _build_finetune(ctx: _Ctx, value: Any, in_sequence: bool) -> FinetuneSpec:
     kw = _fill(ctx, ft, "finetune", {"dataset": _or_null(_name("dataset")) if in_sequence else _name("dataset"),
                                      "train_split": _name("split"), "val_split": _name("split"),
                                      "test_split": _name("split"), "seen_classes": _or_null(seen_classes)})
-    for key in ("dataset", "seen_classes"):
-        if in_sequence and kw.get(key) is not None:
+    for key in ("dataset", "seen_classes", "subset"):
+        if in_sequence and ft.get(key) is not None:
             raise ctx.err(f"finetune.{key}", "a sequence task names its datasets in sequence; its finetune section "
                                              "may only set train_split, val_split and test_split")
+    if ft.get("subset") is not None:
+        roles = [kw.get(f"{r}_split", getattr(FinetuneSpec, f"{r}_split")) for r in ("train", "val", "test")]
+        sizes = _section(ctx, ft["subset"], "finetune.subset", None, ())
+        for split, n in sizes.items():
+            if split not in roles:
+                raise ctx.err(_join("finetune.subset", split), f"not one of the task's splits ({', '.join(roles)})"
+                                                               f"{_hint(split, roles)}")
+            _int(ctx, n, _join("finetune.subset", split), 1)
+        kw["subset"] = MappingProxyType({k: int(v) for k, v in sizes.items()})
     return FinetuneSpec(**kw)
 
 

@@ -44,7 +44,7 @@ def assert_agrees(result, record):
     for name, m in expected.items():
         got = result["heldout"][name]
         assert set(got) == set(m)
-        for k in ("lp", "lp_reference", "delta_lp", "zs", "zs_reference", "delta_zs"):
+        for k in set(m) - {"drift"}:  # lp, lp_reference, delta_lp and, with a text tower, the same for zs
             assert abs(got[k] - m[k]) <= TOL, (name, k, got[k], m[k])
         for k, v in m["drift"].items():
             assert abs(got["drift"][k] - v) <= TOL, (name, k, got["drift"][k], v)
