@@ -27,6 +27,7 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 HEAD_INITS = ("zeroshot", "linear-probe")
+BATCHNORM = ("frozen",)  # train.batchnorm: what BatchNorm layers do while fine-tuning (unset: batch statistics)
 DRIFTS = ("l2", "kernel", "otdd")
 REFERENCES = ("previous", "original")  # what a sequence step's method regularises towards
 SEQUENCE_ACCURACIES = ("zs", "lp")  # what fills a sequence's accuracy matrix
@@ -119,6 +120,10 @@ class TrainSpec:
     grad_clip: float | None = None
     head_init: str = "zeroshot"
     label_smoothing: float = 0.0
+    # "frozen": BatchNorm layers normalise with their pre-trained running statistics and keep them (their scale and
+    # shift still train); unset: they use and update batch statistics, as in training from scratch. Models without
+    # BatchNorm (ViTs) are the same either way.
+    batchnorm: str | None = field(default=None, metadata=_OMIT_IF_NONE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -502,6 +507,7 @@ def _build_train(ctx: _Ctx, value: Any) -> TrainSpec:
         "grad_clip": _or_null(lambda ctx, v, p: _num(ctx, v, p, "a number > 0 or null", lambda x: x > 0)),
         "head_init": _one_of(HEAD_INITS),
         "label_smoothing": lambda ctx, v, p: _num(ctx, v, p, "a number in [0, 1)", lambda x: 0 <= x < 1),
+        "batchnorm": _or_null(_one_of(BATCHNORM)),
     })
     # null counts as absent so that to_dict() output (which carries both keys) loads again
     if kw.get("epochs") is None and kw.get("steps") is None:

@@ -194,3 +194,70 @@ def test_audit_of_a_saved_fine_tune_agrees_with_its_run(tmp_path):
     tuned = get_model(f"finetuned:{path}")
     assert tuned.preprocess_id == get_model("efficientnet-lite0?img_size=32").preprocess_id
     assert state_dict_hash(tuned.visual) == result["tuned"]["weights_sha256"]
+
+
+@needs_weights
+def test_cli_audit_notes_a_reference_other_than_the_one_fine_tuned(tmp_path, capsys):
+    """Weights saved from a 32 px fine-tune, audited against the 224 px model: the numbers are not the run's; say so."""
+    from pipeline_helpers import SUITE_TINY
+
+    from forgetbench.cli import main
+    from forgetbench.models import save_finetuned
+
+    path = tmp_path / "tuned.safetensors"
+    save_finetuned(get_model("efficientnet-lite0?img_size=32").visual, "efficientnet-lite0?img_size=32", path)
+    (tmp_path / "suite.yaml").write_text(SUITE_TINY)
+    argv = ["audit", "--tuned", str(path), "--suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "a"),
+            "--device", "cpu"]
+    assert main(argv + ["--reference", "efficientnet-lite0?img_size=32"]) == 0
+    assert "audit with --reference" not in capsys.readouterr().out
+    assert main(argv + ["--reference", "efficientnet-lite0?img_size=48"]) == 0
+    assert "audit with --reference 'efficientnet-lite0?img_size=32'" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- BatchNorm
+
+@pytest.mark.parametrize("batchnorm", [None, "frozen"])
+def test_frozen_batchnorm_keeps_its_statistics_while_everything_trains(batchnorm):
+    """train.batchnorm: frozen: running statistics stay the pre-trained ones (even when evaluation along training
+    puts the student back in train mode), while every weight, BatchNorm's scale and shift included, trains."""
+    import copy
+
+    from pipeline_helpers import tiny_task
+
+    from forgetbench.data import get_dataset
+    from forgetbench.dryrun import finetune_context
+    from forgetbench.methods import get_method
+    from forgetbench.train import Head, batchnorm_layers, finetune
+
+    model = get_model("timm:tf_efficientnet_lite0@random?img_size=32")
+    base = tiny_task(steps=4)
+    task = dataclasses.replace(base, train=dataclasses.replace(base.train, batchnorm=batchnorm, head_init="linear-probe"))
+    start = copy.deepcopy(model.visual.state_dict())
+    target = get_dataset("test/shapes")
+    ctx = finetune_context(model, get_method("ft")(), Head(model.feature_dim, len(target.classnames)), task, target,
+                           "cpu")
+    finetune(ctx, get_method("ft")(), task.train, target.split("train"), 0, progress=False,
+             on_step=lambda step: ctx.student.train())  # what extract() does after an evaluation along training
+    after = ctx.student.state_dict()
+    stats = [k for k in after if k.endswith(("running_mean", "running_var"))]
+    affine = [k for k in after if k.startswith("bn1.") and k.endswith(("weight", "bias"))]
+    assert stats and affine and len(batchnorm_layers(ctx.student)) > 30
+    assert all(not torch.equal(after[k], start[k]) for k in affine + ["conv_stem.weight"])
+    if batchnorm == "frozen":
+        assert all(torch.equal(after[k], start[k]) for k in stats)
+    else:
+        assert all(not torch.equal(after[k], start[k]) for k in stats)
+
+
+def test_batchnorm_in_a_task_is_checked():
+    from forgetbench.tasks import TaskSpec
+
+    task = {"name": "t", "version": 1, "model": "mini-clip", "finetune": {"dataset": "mini/shapes"},
+            "evaluate": {"datasets": ["mini/colours"]}, "seeds": [0],
+            "train": {"lr": 1e-3, "batch_size": 8, "steps": 1}}
+    assert "batchnorm" not in TaskSpec.from_dict(task).to_dict()["train"]  # unset: records keep their old form
+    frozen = TaskSpec.from_dict({**task, "train": {**task["train"], "batchnorm": "frozen"}})
+    assert frozen.train.batchnorm == "frozen" and frozen.to_dict()["train"]["batchnorm"] == "frozen"
+    with pytest.raises(SpecError, match="expected one of frozen, got 'freeze'; did you mean 'frozen'"):
+        TaskSpec.from_dict({**task, "train": {**task["train"], "batchnorm": "freeze"}})
