@@ -28,3 +28,12 @@ def tiny_task(steps=3, methods=("ft",), drift=("l2", "kernel", "otdd"), **train)
         "train": {"lr": 1e-3, "batch_size": 32, "steps": steps, "warmup_steps": 1, "grad_clip": 1.0, **train},
         "methods": list(methods), "seeds": [0],
     })
+
+
+SUITE_TINY = """\
+name: tiny
+evaluate:
+  datasets: [test/colours]
+  linear_probe: {C_grid: [1.0, 10.0]}
+  drift: [l2, kernel, otdd]
+"""  # the held-out part of tiny_task, as a suite file

@@ -16,16 +16,9 @@ from forgetbench.errors import SpecError, UnknownNameError, WeightsError
 from forgetbench.models.mini_clip import build_untrained, load_pretrained
 from forgetbench.run import run_one, weights_path
 
-from pipeline_helpers import tiny_task
+from pipeline_helpers import SUITE_TINY, tiny_task
 
 TOL = 1e-6
-SUITE_YAML = """\
-name: tiny
-evaluate:
-  datasets: [test/colours]
-  linear_probe: {C_grid: [1.0, 10.0]}
-  drift: [l2, kernel, otdd]
-"""  # the held-out part of pipeline_helpers.tiny_task, as a suite file
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +78,7 @@ def test_cli_audit_writes_the_report_and_fails_when_told(finetuned, tmp_path, ca
     clip = load_pretrained()
     clip.visual.load_state_dict(read_state_dict(path)[0])
     save_file({k: v.contiguous() for k, v in clip.visual.state_dict().items()}, tmp_path / "visual.safetensors")
-    (tmp_path / "tiny.yaml").write_text(SUITE_YAML)
+    (tmp_path / "tiny.yaml").write_text(SUITE_TINY)
     out = tmp_path / "report"
     argv = ["audit", "--reference", "mini-clip", "--tuned", str(tmp_path / "visual.safetensors"),
             "--suite", str(tmp_path / "tiny.yaml"), "--out", str(out), "--seed", "0", "--device", "cpu"]
