@@ -97,5 +97,6 @@ def sample_subset(dataset: ImageDataset, sizes: dict[str, int], seed: int = 0) -
         name=dataset.name, classnames=dataset.classnames, templates=dataset.templates,
         split_builders={s: (lambda s=s: build(s)) for s in dataset.split_names},
         fingerprint=f"{dataset.fingerprint}|subset={dict(sorted(sizes.items()))}|seed={seed}",
-        description=f"{', '.join(f'{n} {s}' for s, n in sizes.items())} images of {dataset.description or dataset.name}",
+        description=f"{', '.join(f'{n} {s}' for s, n in sizes.items())} images of "
+                    f"{dataset.description or dataset.name}",
     )

@@ -100,7 +100,8 @@ def state_dict_hash(module_or_state: nn.Module | dict) -> str:
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # reshape: 0-d BatchNorm counters
+        # reshape: a 0-d tensor (BatchNorm's counter) cannot be viewed as bytes; the bytes of the others are unchanged
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -29,7 +29,7 @@ class RealDataset:
     layout: str  # the on-disk layout, in words: printed when the folder is absent
     source: str  # where to get it
     parts: tuple[str, ...]  # official parts: ("train", "test"), ("train", "val", "test") or ("all",)
-    read: Callable[[Path, str, bool], Part]  # (data root, part, download allowed) -> Part
+    read: Callable[[Path | None, str, bool], Part]  # (data root or None with a system folder, part, download)
     prompt_key: str = ""  # entry of prompts.json (default: name)
     downloadable: bool = False  # torchvision can fetch it
     system_folder: str = ""  # where a system package installs it: used when the data root has no copy (or none is set)
