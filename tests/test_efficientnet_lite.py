@@ -261,3 +261,22 @@ def test_batchnorm_in_a_task_is_checked():
     assert frozen.train.batchnorm == "frozen" and frozen.to_dict()["train"]["batchnorm"] == "frozen"
     with pytest.raises(SpecError, match="expected one of frozen, got 'freeze'; did you mean 'frozen'"):
         TaskSpec.from_dict({**task, "train": {**task["train"], "batchnorm": "freeze"}})
+
+
+def test_features_are_never_cached_under_the_hash_of_other_weights(cache):
+    """A training-mode forward pass moves BatchNorm's running statistics: features computed after it must not be
+    stored under the hash taken before it."""
+    from pipeline_helpers import tiny_task  # noqa: F401  (registers test/colours)
+
+    from forgetbench.data import get_dataset
+    from forgetbench.features import cached_extract
+
+    model = get_model("timm:tf_efficientnet_lite0@random?img_size=32")
+    before = state_dict_hash(model.visual)
+    model.visual.train()
+    with torch.no_grad():
+        model.visual(torch.randn(4, 3, 32, 32))
+    model.visual.eval()
+    with pytest.raises(RuntimeError, match="changed since that hash was taken"):
+        cached_extract(model.visual, model, get_dataset("test/colours"), "val", weights_hash=before, root=cache)
+    assert not list(cache.glob("*.safetensors"))
