@@ -168,11 +168,13 @@ def model_notes(task, model: Model) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- head init
-def initial_head(kind: str, ref: Reference, target: ImageDataset, task, text_weights, features=None) -> Head:
+def initial_head(kind: str, ref: Reference, target: ImageDataset, task, text_weights, features=None,
+                 refit_with_val: bool = True) -> Head:
     """A zero-shot head (class text embeddings x logit scale) or a linear probe on the target.
 
     The probe is fitted on ``features(dataset, split)`` (default: the reference's, cached). Classes without training
     samples (the absent classes of an absent-class task) keep their zero-shot rows (zero rows without a text tower).
+    ``refit_with_val=False``: the probe never sees the validation labels (tuning scores the fine-tune on them).
     """
     n_classes = len(target.classnames)
     head = Head(ref.model.feature_dim, n_classes)
@@ -184,7 +186,8 @@ def initial_head(kind: str, ref: Reference, target: ImageDataset, task, text_wei
             tr, va, _ = probe_splits(task)
             lp = task.evaluate.linear_probe
             features = features or ref.features
-            clf, _, _ = fit_linear_probe(features(target, tr), features(target, va), lp.C_grid, lp.max_iter)
+            clf, _, _ = fit_linear_probe(features(target, tr), features(target, va), lp.C_grid, lp.max_iter,
+                                         refit_with_val=refit_with_val)
             coef, intercept = clf.coef_, clf.intercept_
             if len(clf.classes_) == 2:  # scikit-learn keeps one row for two classes: the same softmax, split in two
                 coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
