@@ -1,6 +1,6 @@
 """Choose the fine-tune learning rate and epochs of the real-weights task on Fashion-MNIST *validation* accuracy.
 
-    python bench/real_effnet_tuning.py [--task real-effnet-fashion] [--lrs 3e-5,1e-4,3e-4,1e-3] [--epochs 2,4]
+    python bench/real_effnet_tuning.py [--task real-effnet-fashion] [--lrs 1e-5,3e-5,1e-4] [--epochs 1,2]
                                        [--seed 0] [--method ft]
 
 For every (lr, epochs) of the grid: the task's protocol (its model, its Fashion-MNIST sample, head, optimiser,
@@ -40,8 +40,8 @@ def val_accuracy(ctx, ref, target, split: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="real-effnet-fashion")
-    ap.add_argument("--lrs", default="3e-5,1e-4,3e-4,1e-3")
-    ap.add_argument("--epochs", default="2,4")
+    ap.add_argument("--lrs", default="1e-5,3e-5,1e-4")
+    ap.add_argument("--epochs", default="1,2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--method", default="ft")
     args = ap.parse_args()
