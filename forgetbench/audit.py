@@ -229,7 +229,7 @@ def audit(reference: str, tuned: str | Path, suite: Any = "mini", exclude: tuple
     stored in a forgetbench weights file, else 0.
     """
     from .data import DATASETS, get_dataset
-    from .evaluate.drift import weight_drift
+    from .evaluate.drift import encoder_weight_drift
     from .evaluate.probe import zeroshot_weights
     from .models import state_dict_hash
     from .run import build_reference, default_device, evaluate_heldout, probe_splits
@@ -257,7 +257,7 @@ def audit(reference: str, tuned: str | Path, suite: Any = "mini", exclude: tuple
     tuned_test: dict = {}
     with torch.no_grad():
         heldout = evaluate_heldout(student, ref, spec, seed, datasets, text_weights, test_features=tuned_test)
-        wd = weight_drift(ref.model.visual.state_dict(), student.state_dict())
+        wd = encoder_weight_drift(ref.model.visual, student)
     _, _, test_split = probe_splits(spec)
     concepts = []
     for name, ds in datasets.items():

@@ -23,7 +23,7 @@ from .data.base import ImageDataset
 from .data.subsets import sample_subset
 from .errors import DataError, ForgetbenchError, ResourceError, SpecError
 from .evaluate.absent import evaluate_absent, seen_view
-from .evaluate.drift import kernel_drift, l2_drift, weight_drift
+from .evaluate.drift import encoder_weight_drift, kernel_drift, l2_drift
 from .evaluate.otdd import otdd
 from .evaluate.probe import PROBE_VERSION, fit_linear_probe, linear_probe, normalize, zeroshot_accuracy, zeroshot_weights
 from .features import cached_extract, extract
@@ -143,7 +143,7 @@ def evaluate_student(ctx: FinetuneContext, ref: Reference, task, seed: int, data
     ref_target = reference_accuracies(ref, target, task, text_weights.get(target.name))
     target_ref_acc = ref_target.get("zs", ref_target["lp"])
     heldout = evaluate_heldout(ctx.student, ref, task, seed, datasets, text_weights)
-    wd = weight_drift(ref.model.visual.state_dict(), ctx.student.state_dict())
+    wd = encoder_weight_drift(ref.model.visual, ctx.student)
     absent = {"absent": evaluate_absent(ctx, ref, task, target, (feats, labels))} if task.finetune.seen_classes else {}
     return {
         "target": {"dataset": target.name, "acc": target_acc, "acc_reference": target_ref_acc,
