@@ -7,7 +7,8 @@ from forgetbench.models.taps import LayerTaps, ldifs_points
 
 
 def _normalize_tokens(h: torch.Tensor) -> torch.Tensor:
-    # dim=1 is the token axis of [B, T, C]: the LDIFS code's (LPIPS-style) choice, kept for fidelity
+    # dim=1 is the token axis of [B, T, C]: the LDIFS code's (LPIPS-style) choice, kept for fidelity; on a
+    # ConvNet's [B, C, H, W] maps it is the channel axis, LPIPS's own normalisation
     return h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
 
 

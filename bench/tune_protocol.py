@@ -29,6 +29,7 @@ import torch
 from tabulate import tabulate
 
 from forgetbench.data import get_dataset
+from forgetbench.data.subsets import sample_subset
 from forgetbench.errors import ForgetbenchError
 from forgetbench.evaluate.evaluation import Evaluation, FrozenModel
 from forgetbench.features import extract
@@ -79,6 +80,9 @@ class Trial:
         self.method_cls = get_method(method)
         names = [task.finetune.dataset, *(task.evaluate.datasets if heldout else ())]
         self.datasets = {n: get_dataset(n) for n in names}
+        if task.finetune.subset:  # the task's seeded sample of its fine-tune dataset, as in a run
+            self.datasets[task.finetune.dataset] = sample_subset(self.datasets[task.finetune.dataset],
+                                                                 dict(task.finetune.subset))
         self.ref = FrozenModel.load(task.model, device)
         self.evaluation = Evaluation(task.evaluate, task.finetune.splits, self.ref).prepare(self.datasets.values())
         self.target = self.datasets[task.finetune.dataset]
@@ -87,8 +91,9 @@ class Trial:
         """Fine-tune at ``values`` (train fields) with ``seed``: target val/test accuracy, held-out mean ΔLP."""
         task = dataclasses.replace(self.task, train=dataclasses.replace(self.task.train, **values))
         method = self.method_cls(**task.params_for(self.method_cls.name))
+        # a probe head fitted on train alone: the validation labels that score this point stay unseen
         head = initial_head(method.head_init or task.train.head_init, self.evaluation, self.target,
-                            self.evaluation.class_embeddings(self.target))
+                            self.evaluation.class_embeddings(self.target), refit_with_val=False)
         ctx = FinetuneContext.start(self.ref.model, method, head, task, self.target, self.device)
         finetune(ctx, method, task.train, self.target.split(task.finetune.train_split), seed)
         out = {split: self.accuracy(ctx, getattr(task.finetune, f"{split}_split")) for split in ("val", "test")}

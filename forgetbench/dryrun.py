@@ -99,6 +99,9 @@ def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed:
     for name in names:
         infos[name] = dataset_info(name)
         role = "fine-tune" if name == target_name else "held out"
+        subset = getattr(task.finetune, "subset", None)
+        if name == target_name and subset:
+            role += "; a seeded sample of " + ", ".join(f"{n} {split}" for split, n in subset.items()) + " images"
         out(f"  dataset {name} ({role}, {len(infos[name][0])} classes, {len(infos[name][1])} templates): "
             f"{infos[name][2]}")
 

@@ -73,8 +73,11 @@ def cache_key(weights_hash: str, dataset: ImageDataset, split: str, preprocess_i
 
 def cached_extract(visual: torch.nn.Module, model: Model, dataset: ImageDataset, split: str, device: str = "cpu",
                    weights_hash: str | None = None, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Like ``extract`` but stored under the cache key; a second call with the same weights reads the file."""
-    weights_hash = weights_hash or state_dict_hash(visual)
+    """Like ``extract`` but stored under the cache key; a second call with the same weights reads the file.
+
+    A new entry is written only under the hash of the weights (buffers included) that computed it.
+    """
+    claimed, weights_hash = weights_hash, weights_hash or state_dict_hash(visual)
     path = (root or cache_dir("features")) / f"{cache_key(weights_hash, dataset, split, model.preprocess_id)}.safetensors"
     if path.exists():
         try:
@@ -82,6 +85,10 @@ def cached_extract(visual: torch.nn.Module, model: Model, dataset: ImageDataset,
             return z["features"], z["labels"]
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
+    # a new entry only under the hash of the weights that compute it (a training-mode pass moves BatchNorm's statistics)
+    if claimed is not None and state_dict_hash(visual) != claimed:
+        raise RuntimeError(f"features of {dataset.name}:{split} would be cached under weights {weights_hash[:12]}..., "
+                           f"but the encoder's weights or buffers changed since that hash was taken")
     feats, labels = extract(visual, model, dataset, split, device)
     atomic_write(path, save({"features": feats, "labels": labels}), durable=False)
     return feats, labels

@@ -30,12 +30,14 @@ def zeroshot_head(embeddings: np.ndarray, logit_scale: float, device: str) -> He
 
 
 def initial_head(kind: str, evaluation, dataset: ImageDataset, embeddings: np.ndarray | None,
-                 features: Callable[[ImageDataset, str], tuple[np.ndarray, np.ndarray]] | None = None) -> Head:
+                 features: Callable[[ImageDataset, str], tuple[np.ndarray, np.ndarray]] | None = None,
+                 refit_with_val: bool = True) -> Head:
     """The head a fine-tune starts from: ``zeroshot`` (``embeddings`` x logit scale) or ``linear-probe``.
 
     The probe is the evaluation's (its C grid, its train and validation splits), fitted on ``features(dataset,
     split)`` (default: the frozen reference's, cached). Classes without training samples (the absent classes of an
     absent-class task) keep their zero-shot rows (zero rows without a text tower, which also gets a probe head).
+    ``refit_with_val=False``: the probe never sees the validation labels (tuning scores the fine-tune on them).
     """
     model = evaluation.reference.model
     if embeddings is not None:
@@ -49,7 +51,8 @@ def initial_head(kind: str, evaluation, dataset: ImageDataset, embeddings: np.nd
         train, val, _ = evaluation.splits
         lp = evaluation.spec.linear_probe
         features = features or evaluation.reference.features
-        clf, _, _ = fit_linear_probe(features(dataset, train), features(dataset, val), lp.C_grid, lp.max_iter)
+        clf, _, _ = fit_linear_probe(features(dataset, train), features(dataset, val), lp.C_grid, lp.max_iter,
+                                     refit_with_val=refit_with_val)
         coef, intercept = clf.coef_, clf.intercept_
         if len(clf.classes_) == 2:  # scikit-learn keeps one row for two classes: the same softmax, split in two
             coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2

@@ -82,6 +82,11 @@ class TrainLog:
     oom_halvings: list = field(default_factory=list)  # steps at which out-of-memory halved the micro-batch
 
 
+def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``module`` (timm's BatchNormAct2d included: it subclasses BatchNorm2d)."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def total_steps(train_spec, n_train: int) -> int:
     if train_spec.steps is not None:
         return train_spec.steps
@@ -170,6 +175,7 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
         method.finalize(ctx)
         return TrainLog(0, None, [])
     ctx.student.train()
+    frozen_norms = batchnorm_layers(ctx.student) if getattr(train_spec, "batchnorm", None) == "frozen" else []
     params = [{"params": [p for p in ctx.student.parameters() if p.requires_grad]},
               {"params": list(ctx.head.parameters())}] + list(extra_groups)
     trained = [p for g in params for p in g["params"]]
@@ -218,6 +224,8 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
                                pin_memory=pin, generator=torch.Generator()))  # own generator: no global draw
         for share, batch in zip(shares, todo):
             x, y = next(data) if share else (None, None)
+            for norm in frozen_norms:  # every step: evaluation along training puts the student back in train mode
+                norm.eval()
             while True:
                 opt.zero_grad(set_to_none=True)
                 stats = run_step(x, y, len(batch), micro)

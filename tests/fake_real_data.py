@@ -6,6 +6,7 @@ label a split hands out is the one the format assigns to that image. ``FAKES[nam
 """
 from __future__ import annotations
 
+import gzip
 import json
 import pickle
 import struct
@@ -82,15 +83,21 @@ def svhn(root: Path) -> dict:
     return counts
 
 
-def mnist(root: Path) -> dict:
-    raw = root / "MNIST" / "raw"
+def mnist(root: Path, folder: str = "MNIST/raw", gzipped: bool = False) -> dict:
+    """MNIST's IDX files (also Fashion-MNIST's: the same format; Debian ships them gzipped)."""
+    raw = root / folder
     raw.mkdir(parents=True)
     counts = {}
     for part, prefix, n in (("train", "train", 12), ("test", "t10k", 6)):
         labels = _labels(n, 10)
         images = np.stack([_pixels(y, 28)[..., 0] for y in labels])  # grey: the red channel carries the label
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + bytes(labels))
+        files = {f"{prefix}-images-idx3-ubyte": struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes(),
+                 f"{prefix}-labels-idx1-ubyte": struct.pack(">ii", 2049, n) + bytes(labels)}
+        for name, data in files.items():
+            if gzipped:
+                (raw / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (raw / name).write_bytes(data)
         counts[part] = n
     return counts
 
@@ -302,6 +309,7 @@ def _office_home(domain: str):
 
 FAKES = {
     "cifar10": lambda r: cifar(r, 10), "cifar100": lambda r: cifar(r, 100), "svhn": svhn, "mnist": mnist,
+    "fashion-mnist": lambda r: mnist(r, "FashionMNIST/raw"),
     "dtd": dtd, "eurosat": eurosat, "gtsrb": gtsrb, "resisc45": resisc45, "stanford-cars": stanford_cars,
     "flowers102": flowers102, "oxford-pets": oxford_pets, "food101": food101, "fgvc-aircraft": fgvc_aircraft,
     "caltech101": caltech101, "sun397": sun397, "stl10": stl10, "imagenet": imagenet, "imagenet-v2": imagenet_v2,

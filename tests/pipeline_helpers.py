@@ -37,3 +37,12 @@ RESULT_SCHEMA = "forgetbench.result/1"  # the schema of a fine-tune's record, as
 def summary_of(heldout: dict, weight_drift=None) -> dict:
     """``summarize_heldout`` of held-out metrics written as plain dicts (as a record holds them)."""
     return summarize_heldout({name: CheckpointHeldout(**m) for name, m in heldout.items()}, weight_drift=weight_drift)
+
+
+SUITE_TINY = """\
+name: tiny
+evaluate:
+  datasets: [test/colours]
+  linear_probe: {C_grid: [1.0, 10.0]}
+  drift: [l2, kernel, otdd]
+"""  # the held-out part of tiny_task, as a suite file

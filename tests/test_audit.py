@@ -16,16 +16,9 @@ from forgetbench.errors import SpecError, UnknownNameError, WeightsError
 from forgetbench.models.mini_clip import build_untrained, load_pretrained
 from forgetbench.run import run_one, weights_path
 
-from pipeline_helpers import tiny_task
+from pipeline_helpers import SUITE_TINY, tiny_task
 
 TOL = 1e-6
-SUITE_YAML = """\
-name: tiny
-evaluate:
-  datasets: [test/colours]
-  linear_probe: {C_grid: [1.0, 10.0]}
-  drift: [l2, kernel, otdd]
-"""  # the held-out part of pipeline_helpers.tiny_task, as a suite file
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def assert_agrees(result, record):
     for name, m in expected.items():
         got = result["heldout"][name]
         assert set(got) == set(m)
-        for k in ("lp", "lp_reference", "delta_lp", "zs", "zs_reference", "delta_zs"):
+        for k in set(m) - {"drift"}:  # lp, lp_reference, delta_lp and, with a text tower, the same for zs
             assert abs(got[k] - m[k]) <= TOL, (name, k, got[k], m[k])
         for k, v in m["drift"].items():
             assert abs(got["drift"][k] - v) <= TOL, (name, k, got["drift"][k], v)
@@ -85,7 +78,7 @@ def test_cli_audit_writes_the_report_and_fails_when_told(finetuned, tmp_path, ca
     clip = load_pretrained()
     clip.visual.load_state_dict(read_state_dict(path)[0])
     save_file({k: v.contiguous() for k, v in clip.visual.state_dict().items()}, tmp_path / "visual.safetensors")
-    (tmp_path / "tiny.yaml").write_text(SUITE_YAML)
+    (tmp_path / "tiny.yaml").write_text(SUITE_TINY)
     out = tmp_path / "report"
     argv = ["audit", "--reference", "mini-clip", "--tuned", str(tmp_path / "visual.safetensors"),
             "--suite", str(tmp_path / "tiny.yaml"), "--out", str(out), "--seed", "0", "--device", "cpu"]
@@ -136,8 +129,9 @@ class _Payload:
 def test_pickled_code_in_a_checkpoint_is_refused_unrun(tmp_path):
     marker = tmp_path / "ran"
     torch.save({"conv1.weight": torch.zeros(1), "evil": _Payload(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(WeightsError, match=r"refused by torch.load\(weights_only=True\)"):
+    with pytest.raises(WeightsError, match=r"refused .*needs the Python object \S*open, .*could run code") as e:
         read_state_dict(tmp_path / "evil.pt")
+    assert "weights_only=False" not in str(e.value) and "set to `False`" not in str(e.value)  # never advised
     (tmp_path / "legacy.pkl").write_bytes(pickle.dumps({"w": _Payload(marker)}, protocol=2))
     with pytest.raises(WeightsError, match="refused"):
         read_state_dict(tmp_path / "legacy.pkl")

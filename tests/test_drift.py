@@ -5,7 +5,7 @@ import torch
 from scipy.stats import ortho_group
 
 from forgetbench.errors import DataError, SpecError
-from forgetbench.evaluate.drift import kernel_drift, l2_drift, weight_drift
+from forgetbench.evaluate.drift import encoder_weight_drift, kernel_drift, l2_drift, weight_drift
 
 
 @pytest.fixture
@@ -104,3 +104,18 @@ def test_feature_input_errors(feats):
     bad[3, 2] = np.inf
     with pytest.raises(DataError, match="f_ft: contains NaN or infinite"):
         kernel_drift(ref, bad)
+
+
+def test_encoder_weight_drift_counts_weights_not_batchnorm_statistics():
+    """A running variance of 400 would dominate the norm; only the parameters (conv, BatchNorm scale and shift)
+    count. Known answer: the conv weight moved by 0.1 everywhere, nothing else."""
+    ref = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1, bias=False), torch.nn.BatchNorm2d(2))
+    with torch.no_grad():
+        ref[0].weight.copy_(torch.tensor([[[[3.0]]], [[[4.0]]]]))
+        ref[1].running_var.fill_(400.0)
+    tuned = __import__("copy").deepcopy(ref)
+    with torch.no_grad():
+        tuned[0].weight.add_(0.1)
+    params = np.sqrt(3.0 ** 2 + 4.0 ** 2 + 2 * 1.0 ** 2)  # conv weight, BatchNorm scale (1) and shift (0)
+    assert encoder_weight_drift(ref, tuned) == pytest.approx(0.1 * np.sqrt(2) / params, rel=1e-6)  # float32
+    assert weight_drift(ref.state_dict(), tuned.state_dict()) < encoder_weight_drift(ref, tuned) / 10

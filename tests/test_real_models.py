@@ -145,7 +145,7 @@ def test_a_pickle_with_a_payload_is_refused_and_never_runs(tmp_path, spec, how):
         path.write_bytes(pickle.dumps({"w": _Payload(marker)}, protocol=2))
     with pytest.raises(WeightsError, match="refused .*could run code") as e:
         get_model(spec.format(path))
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "False" not in str(e.value)  # torch's advice to drop weights_only is not relayed
     assert not marker.exists()
 
 

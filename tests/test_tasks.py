@@ -173,7 +173,7 @@ LINE_CASES = [
     ("unknown-probe", edit("max_iter: 1000", "max_iters: 1000"), "linear_probe",
      "evaluate.linear_probe.max_iters", "'max_iter'"),
     ("unknown-lists-accepted", edit("  schedule: cosine", "  sched: cosine"), "sched:", "train.sched",
-     "accepted: batch_size, epochs"),
+     "accepted: batch_size, batchnorm, epochs"),
     ("missing-dataset", drop("  dataset: mini/shapes"), "finetune:", "finetune.dataset", "missing"),
     ("missing-eval-datasets",
      drop("  datasets: [mini/colours, mini/textures, mini/positions, mini/counts, mini/digits]"),

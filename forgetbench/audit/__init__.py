@@ -17,7 +17,7 @@ import torch
 from .. import provenance
 from ..data import DATASETS, get_dataset
 from ..errors import UnknownNameError
-from ..evaluate.drift import weight_drift
+from ..evaluate.drift import encoder_weight_drift
 from ..evaluate.evaluation import Evaluation, FrozenModel
 from ..evaluate.probe import normalize
 from ..models import state_dict_hash
@@ -89,7 +89,7 @@ def audit(reference: str, tuned: str | Path, suite: Any = "mini", exclude: tuple
     tuned_test: dict = {}
     with torch.no_grad():
         heldout = evaluation.heldout(student, datasets, seed, test_features=tuned_test)
-        wd = weight_drift(frozen.model.visual.state_dict(), student.state_dict())
+        wd = encoder_weight_drift(frozen.model.visual, student)
     concepts = []
     for name, ds in datasets.items():
         f_ref, labels = frozen.features(ds, suite.split_names[2])

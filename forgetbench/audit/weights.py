@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import WeightsError
+from ..models.weights_io import torch_load_tensors
 
 
 def _file_kind(path: Path) -> str:
@@ -39,12 +40,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {}), kind
         except Exception as e:  # safetensors has its own error types for damaged files
             raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for anything but tensors and plain containers
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: refused by torch.load(weights_only=True): it holds more than tensors and plain "
-                           f"containers ({first[:200]}); save model.state_dict() (or use safetensors)") from None
+    obj = torch_load_tensors(path)  # weights_only=True: a pickle that needs more than tensors is refused
     return _unwrap(obj, path), {}, kind
 
 

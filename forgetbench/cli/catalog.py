@@ -29,7 +29,13 @@ def cmd_ls(args) -> int:
                 cls = METHODS.get(name)
                 extra = f"  {cls.description}" + (f" (defaults: {cls.defaults})" if cls.defaults else "")
             elif kind == "datasets" and name in real_datasets:
-                extra = f"  {real_datasets[name].title}, read from DATA_ROOT/{real_datasets[name].folder}/"
+                spec = real_datasets[name]
+                extra = f"  {spec.title}, read from DATA_ROOT/{spec.folder}/" + (
+                    f" or {spec.system_folder}/" if spec.system_folder else "")
+            elif kind == "models" and hasattr(MODELS.get(name), "distribution"):  # weights from an installed package
+                builder = MODELS.get(name)
+                options = "".join(f"[?{k}=N]" for k in builder.options)
+                extra = f"{options}  {builder.timm_arch}, weights from the Python package {builder.distribution}"
             elif kind == "protocols":
                 extra = f"  {PROTOCOLS.get(name).description}"
             elif kind == "drift-metrics":

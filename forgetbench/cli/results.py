@@ -77,6 +77,10 @@ def cmd_audit(args) -> int:
     result = audit(args.reference, args.tuned, args.suite, exclude=tuple(args.exclude or ()), device=args.device,
                    seed=args.seed)
     paths = write_report(result, args.out)
+    base = result["tuned"]["metadata"].get("model")
+    if base and base != args.reference:  # e.g. a 64 px fine-tune audited at the model's default 224 px
+        print(f"note: {args.tuned} was fine-tuned from {base!r} (its metadata says so), audited here against "
+              f"{args.reference!r}; to get its run's numbers, audit with --reference {base!r}")
     print(result["summary_line"])
     print("wrote " + ", ".join(str(p) for p in paths))
     failed = []

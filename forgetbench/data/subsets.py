@@ -1,4 +1,5 @@
-"""Class subsets of a dataset: the steps of a class-split sequence and the seen part of the absent-class protocol."""
+"""Subsets of a dataset: class subsets (the steps of a class-split sequence, the seen part of the absent-class
+protocol) and seeded samples of its splits (a protocol sized for a CPU)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -61,3 +62,41 @@ def class_splits(dataset: ImageDataset, tasks: int, seed: int | None) -> list[li
                         f"number of tasks that divides {n}")
     order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
     return [sorted(int(c) for c in group) for group in np.split(order, tasks)]
+
+
+class SampleSubset(torch.utils.data.Dataset):
+    """``n`` samples of ``split`` drawn without replacement by a seeded permutation, kept in split order."""
+
+    def __init__(self, split: torch.utils.data.Dataset, n: int, seed: int):
+        perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed)).numpy()
+        self.split = split
+        self.indices = np.sort(perm[:n])
+        self.labels = split_labels(split)[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.split[int(self.indices[i])]
+
+
+def sample_subset(dataset: ImageDataset, sizes: dict[str, int], seed: int = 0) -> ImageDataset:
+    """A view of ``dataset`` with ``sizes[split]`` images of each split it names (a seeded sample: the same images on
+    every machine), the other splits whole; its fingerprint names the sizes and the seed."""
+    for split, n in sizes.items():
+        available = len(dataset.split(split))
+        if n > available:
+            raise DataError(f"subset of {dataset.name!r}: {n} images of its {split} split asked for, it has "
+                            f"{available}")
+
+    def build(split: str):
+        whole = dataset.split(split)
+        return SampleSubset(whole, sizes[split], seed) if split in sizes else whole
+
+    return ImageDataset(
+        name=dataset.name, classnames=dataset.classnames, templates=dataset.templates,
+        split_builders={s: (lambda s=s: build(s)) for s in dataset.split_names},
+        fingerprint=f"{dataset.fingerprint}|subset={dict(sorted(sizes.items()))}|seed={seed}",
+        description=f"{', '.join(f'{n} {s}' for s, n in sizes.items())} images of "
+                    f"{dataset.description or dataset.name}",
+    )

@@ -156,3 +156,10 @@ def weight_drift(state_ref: Mapping[str, Any], state_ft: Mapping[str, Any],
     if ref2 == 0.0:
         raise DataError("weight_drift: the reference weights are all zero, so the relative drift is undefined")
     return float(np.sqrt(diff2 / ref2))
+
+
+def encoder_weight_drift(reference, tuned) -> float:
+    """``weight_drift`` of two encoders over their parameters: buffers such as BatchNorm's running statistics are not
+    weights, and their size (a running variance can be in the hundreds) would swamp the relative change."""
+    names = [n for n, p in reference.named_parameters() if p.is_floating_point()]
+    return weight_drift(reference.state_dict(), tuned.state_dict(), keys=names)

@@ -44,14 +44,18 @@ def _fit(x, y, C, max_iter):
 
 
 def fit_linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                     C_grid=DEFAULT_C_GRID, max_iter: int = 1000):
+                     C_grid=DEFAULT_C_GRID, max_iter: int = 1000, refit_with_val: bool = True):
     """The protocol's classifier: L2-normalised features; multinomial logistic regression (lbfgs, tol ``PROBE_TOL``); C chosen by
     validation accuracy from a fixed grid (ties -> the smaller C); refit on train + val with that C.
-    Deterministic: no randomness anywhere. Returns (classifier, C, validation accuracy per C)."""
+    Deterministic: no randomness anywhere. Returns (classifier, C, validation accuracy per C).
+    ``refit_with_val=False`` keeps the classifier fitted on train only, for whoever scores it on val afterwards."""
     xtr, ytr = normalize(train[0]), train[1]
     xva, yva = normalize(val[0]), val[1]
-    val_accs = {float(C): 100.0 * float((_fit(xtr, ytr, C, max_iter).predict(xva) == yva).mean()) for C in C_grid}
+    fits = {float(C): _fit(xtr, ytr, C, max_iter) for C in C_grid}
+    val_accs = {C: 100.0 * float((clf.predict(xva) == yva).mean()) for C, clf in fits.items()}
     best = max(val_accs, key=lambda C: (val_accs[C], -C))
+    if not refit_with_val:
+        return fits[best], best, val_accs
     return _fit(np.concatenate([xtr, xva]), np.concatenate([ytr, yva]), best, max_iter), best, val_accs
 
 

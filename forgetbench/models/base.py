@@ -8,11 +8,15 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..errors import UnknownNameError
+from ..errors import SpecError, UnknownNameError
 from ..registry import Registry
 
 class _ModelRegistry(Registry):
-    """Registered names (``mini-clip``) plus spec strings (``openclip:ViT-B-32@openai``), resolved on lookup."""
+    """Registered names (``mini-clip``) plus spec strings (``openclip:ViT-B-32@openai``), resolved on lookup.
+
+    A registered builder that declares ``options`` (name -> type) also takes them after a ``?``:
+    ``efficientnet-lite0?img_size=64`` builds ``builder(img_size=64)``.
+    """
 
     def __init__(self, kind: str):
         super().__init__(kind)
@@ -29,12 +33,37 @@ class _ModelRegistry(Registry):
         family = name.partition(":")[0] if ":" in name else None
         if family in self._resolvers and name not in self._items:
             return self._resolvers[family](name)
+        base, sep, query = name.partition("?")
+        if sep and family is None and base in self._items:  # a registered model with options: NAME?img_size=64
+            builder = self._items[base]
+            options = parse_options(name, query, getattr(builder, "options", {}), base)
+
+            def build() -> Model:
+                model = builder(**options)
+                model.name = name
+                return model
+            return build
         try:
             return super().get(name)
         except UnknownNameError as e:
             if self._syntax:
                 raise UnknownNameError(f"{e}; or a model spec: {self._syntax}") from None
             raise
+
+
+def parse_options(text: str, query: str, accepted: dict[str, type], owner: str) -> dict:
+    """``key=value&...`` after the ``?`` of a model name or spec, checked against ``accepted`` (name -> int)."""
+    options = {}
+    for item in filter(None, query.split("&")):
+        key, eq, raw = item.partition("=")
+        if key not in accepted or not eq:
+            raise SpecError(f"model spec {text!r}: unknown option {item!r} (accepted for {owner}: "
+                            f"{', '.join(f'{k}=N' for k in accepted) or 'none'})")
+        value = accepted[key](raw) if raw.isdigit() else 0  # a positive integer (the only kind of option so far)
+        if value <= 0:
+            raise SpecError(f"model spec {text!r}: option {key} must be an integer > 0, got {raw!r}")
+        options[key] = value
+    return options
 
 
 #: Every model forgetbench can build, by name or spec string. Entries are zero-argument builders returning a ``Model``.
@@ -71,7 +100,8 @@ def state_dict_hash(module_or_state: nn.Module | dict) -> str:
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape: a 0-d tensor (BatchNorm's counter) cannot be viewed as bytes; the bytes of the others are unchanged
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpecError, UnknownNameError, WeightsError
-from .base import MODELS, Model
+from .base import MODELS, Model, parse_options
 
 FAMILIES = ("openclip", "timm", "finetuned")
 SYNTAX = ("openclip:ARCH@TAG|FILE|random, timm:NAME[@FILE|random][?img_size=N], finetuned:FILE")
@@ -60,17 +60,7 @@ def parse_spec(text: str) -> ModelSpec:
     arch, at, weights = rest.partition("@")
     if not arch or (at and not weights):
         raise SpecError(f"model spec {text!r}: expected {family}:NAME@WEIGHTS ({SYNTAX})")
-    options = {}
-    for item in filter(None, query.split("&")):
-        key, eq, value = item.partition("=")
-        accepted = OPTIONS[family]
-        if key not in accepted or not eq:
-            raise SpecError(f"model spec {text!r}: unknown option {item!r} (accepted for {family}: "
-                            f"{', '.join(f'{k}=N' for k in accepted) or 'none'})")
-        try:
-            options[key] = accepted[key](value)
-        except ValueError:
-            raise SpecError(f"model spec {text!r}: option {key} must be an integer, got {value!r}") from None
+    options = parse_options(text, query, OPTIONS[family], family)
     if family == "timm" and weights and weights != "random" and not _looks_like_file(weights):
         raise SpecError(f"model spec {text!r}: after '@' timm takes a file or 'random'; a pretrained tag goes in the "
                         f"name (timm:{arch}.{weights})")
@@ -192,9 +182,19 @@ MODELS.add_resolver(FAMILIES, resolve, SYNTAX)
 
 
 # --------------------------------------------------------------------------------------------- dry runs, benchmarks
+def _registered(text: str) -> tuple[object, dict]:
+    """(registered builder, its options) of ``NAME`` or ``NAME?key=value``."""
+    base, _, query = text.partition("?")
+    builder = MODELS.get(base)
+    return builder, parse_options(text, query, getattr(builder, "options", {}), base)
+
+
 def weights_location(text: str) -> str:
     """Where the model's weights would be read from (no weights are loaded); a WeightsError when they are absent."""
     if ":" not in text or text.partition(":")[0] not in FAMILIES:
+        builder, _ = _registered(text)
+        if hasattr(builder, "weights_file"):  # weights shipped by an installed package
+            return str(builder.weights_file())
         return "registered model (weights resolved by its builder)"
     spec = parse_spec(text)
     if spec.family == "finetuned":
@@ -219,9 +219,10 @@ def weights_location(text: str) -> str:
 
 
 def random_variant(text: str) -> str:
-    """The same architecture (and options) with seeded random weights; registered names are returned unchanged."""
+    """The same architecture (and options) with seeded random weights; other registered names are returned unchanged."""
     if ":" not in text or text.partition(":")[0] not in FAMILIES:
-        return text
+        builder, options = _registered(text)
+        return builder.random_spec(**options) if hasattr(builder, "random_spec") else text
     spec = parse_spec(text)
     if spec.family == "finetuned":
         return random_variant(_base_of(Path(spec.arch).expanduser(), text))

@@ -2,7 +2,8 @@
 
 The classifier is removed (``num_classes=0``), so the model maps images to its pooled features. Weights pass through
 timm's own checkpoint filter (position-embedding resampling, original DINOv2 / MAE key layouts) after forgetbench has
-loaded them safely; timm itself never opens a file here.
+loaded them safely; timm itself never opens a file here. EfficientNet checkpoints in EfficientNet-PyTorch's key
+layout (``_conv_stem``, ``_blocks.N``) are renamed to timm's first (``effnet_keys``).
 """
 from __future__ import annotations
 
@@ -12,17 +13,33 @@ import torch
 
 from ..errors import WeightsError
 from .base import Model
+from .effnet_keys import is_effnet_pytorch, to_timm
 from .hub import hf_weights_file
 from .weights_io import load_state_file
 
 
-def _create(name: str, state: dict | None, img_size: int | None) -> torch.nn.Module:
+def takes_img_size(name: str) -> bool:
+    """Whether the architecture is built for one input size (ViTs: position embeddings); a ConvNet takes any size,
+    so for it ``img_size`` only sets the preprocessing."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return cfg is None or bool(cfg.fixed_input_size)
+
+
+def _create(name: str, state: dict | None, img_size: int | None, source: str = "") -> torch.nn.Module:
     import timm
 
-    kwargs = {"num_classes": 0, **({"img_size": img_size} if img_size else {})}
+    kwargs = {"num_classes": 0, **({"img_size": img_size} if img_size and takes_img_size(name) else {})}
     if state is None:
         torch.manual_seed(0)  # random weights are the same on every call, so their features cache like any others
         return timm.create_model(name, pretrained=False, **kwargs)
+    if is_effnet_pytorch(state):  # EfficientNet-PyTorch names: renamed to timm's for this model's stage depths
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        if not hasattr(model, "blocks") or not hasattr(model, "conv_stem"):
+            raise WeightsError(f"{source or 'the weights'}: an EfficientNet checkpoint, but timm model {name!r} is not "
+                               f"an EfficientNet")
+        state = to_timm(state, [len(stage) for stage in model.blocks], source or name)
     try:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
     except RuntimeError as e:  # load_state_dict's size / key mismatches
@@ -68,4 +85,4 @@ def build_timm(spec_text: str, name: str, weights: str | None, img_size: int | N
         state = load_state_file(pretrained_file(name, spec_text))
     else:
         state = load_state_file(weights)
-    return wrap_timm(spec_text, _create(name, state, img_size), img_size)
+    return wrap_timm(spec_text, _create(name, state, img_size, str(weights)), img_size)

@@ -48,14 +48,34 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _WRAPPERS = ("state_dict", "model", "module", "model_state_dict")  # common checkpoint layouts around a state dict
 
 
+def torch_load_tensors(path: Path):
+    """``torch.load(weights_only=True)`` of a PyTorch checkpoint: only tensors and plain containers are unpickled.
+
+    A file that needs any other Python object (a payload, a model class) is refused with a WeightsError that names
+    the object and, unlike torch's own message, never suggests ``weights_only=False``: nothing in the file runs.
+    """
+    import pickle
+    import re
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        needed = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"the Python object {needed.group(1)}" if needed else "Python objects other than tensors"
+        raise WeightsError(f"refused {path}: unpickling it needs {what}, and loading it could run code; nothing in it "
+                           f"was run. Load the file where you trust it and save its tensors with safetensors "
+                           f"(safetensors.torch.save_file(model.state_dict(), ...))") from None
+    except Exception as e:  # truncated files, TorchScript archives, foreign formats
+        raise WeightsError(f"weights file {path} is not a readable PyTorch state dict ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:200] or 'empty or truncated'})") from None
+
+
 def load_state_file(path: Path | str) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors file, or from a PyTorch checkpoint holding nothing but tensors.
 
-    Pickle checkpoints go through ``torch.load(weights_only=True)``: a file that needs any other Python object to
-    unpickle (a payload, a model class) is refused with a WeightsError, and nothing in it runs.
+    Pickle checkpoints go through ``torch_load_tensors`` (``weights_only=True``): a file that needs any other Python
+    object to unpickle is refused with a WeightsError, and nothing in it runs.
     """
-    import pickle
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found")
@@ -64,16 +84,7 @@ def load_state_file(path: Path | str) -> dict[str, torch.Tensor]:
     if path.suffix not in PICKLE_SUFFIXES:
         raise WeightsError(f"weights file {path} has an unknown type {path.suffix or '(no suffix)'!r}: expected "
                            f".safetensors (preferred) or a PyTorch state dict ({', '.join(PICKLE_SUFFIXES)})")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = " ".join(str(e).split())[:200]
-        raise WeightsError(f"refused {path}: it holds pickled objects other than tensors, and loading it could run "
-                           f"code ({reason}); convert a file you trust to .safetensors") from None
-    except Exception as e:  # truncated files, TorchScript archives, foreign formats
-        raise WeightsError(f"weights file {path} is not a readable PyTorch state dict ({type(e).__name__}: "
-                           f"{' '.join(str(e).split())[:200]})") from None
-    return _unwrap_state(obj, path)
+    return _unwrap_state(torch_load_tensors(path), path)
 
 
 def _unwrap_state(obj, path: Path) -> dict[str, torch.Tensor]:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping
 
 from ..data import get_dataset
-from ..evaluate.drift import weight_drift
+from ..data.subsets import sample_subset
+from ..evaluate.drift import encoder_weight_drift
 from ..evaluate.drift_metrics import drift_metrics
 from ..evaluate.evaluation import Evaluation, FrozenModel, require_splits
 from ..features import extract
@@ -177,6 +178,8 @@ class FinetuneProtocol(Protocol):
         t0 = time.time()
         datasets = {n: get_dataset(n) for n in [task.finetune.dataset, *task.evaluate.datasets]}
         require_splits(datasets.values(), task.finetune.splits)  # fail before any work, not after the fine-tune
+        if task.finetune.subset:  # the protocol's seeded sample of the fine-tune dataset (e.g. sized for a CPU)
+            datasets[task.finetune.dataset] = sample_subset(datasets[task.finetune.dataset], dict(task.finetune.subset))
         reference = FrozenModel.load(task.model, device)
         evaluation = Evaluation(task.evaluate, task.finetune.splits, reference).prepare(datasets.values())
         target = datasets[task.finetune.dataset]
@@ -242,7 +245,7 @@ class FinetuneProtocol(Protocol):
         on_reference = evaluation.reference_accuracies(target)
         acc_reference = on_reference.get("zs", on_reference["lp"])
         heldout = evaluation.heldout(ctx.student, datasets, seed)
-        drift = weight_drift(reference.model.visual.state_dict(), ctx.student.state_dict())
+        drift = encoder_weight_drift(reference.model.visual, ctx.student)
         return self.metrics(ctx, evaluation, target, test, dict(
             target=TargetMetrics(dataset=target.name, acc=acc, acc_reference=acc_reference, gain=acc - acc_reference),
             heldout=heldout, summary=summarize_heldout(heldout, weight_drift=drift)))

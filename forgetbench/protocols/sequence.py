@@ -168,7 +168,7 @@ class SequenceProtocol(Protocol):
     def check_task(self, task: Any, problems: Problems) -> None:
         if task.sequence is None:
             problems.add("sequence", "missing required field")
-        for key in ("dataset", "seen_classes"):
+        for key in ("dataset", "seen_classes", "subset"):
             if getattr(task.finetune, key) is not None:
                 problems.add(f"finetune.{key}", "a sequence task names its datasets in sequence; its finetune section "
                                                 "may only set train_split, val_split and test_split")

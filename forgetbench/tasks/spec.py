@@ -24,6 +24,7 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 HEAD_INITS = ("zeroshot", "linear-probe")
+BATCHNORM = ("frozen",)  # train.batchnorm: what BatchNorm layers do while fine-tuning (unset: batch statistics)
 ANCHORS = ("previous", "original")  # what a sequence step's method regularises towards
 SEQUENCE_ACCURACIES = ("zs", "lp")  # what fills a sequence's accuracy matrix
 #: The parts of a task that do not define the measurement: its name, its words, and its default methods and seeds.
@@ -56,7 +57,9 @@ class FinetuneSpec:
     """The dataset the model is fine-tuned on, and which of its splits play which role.
 
     ``seen_classes`` (class names) selects the absent-class protocol: fine-tune on those classes only, evaluate over
-    all of them. A sequence task has no ``dataset`` here (its datasets are in ``sequence``), only the split roles.
+    all of them. ``subset`` (split name -> images) uses a seeded sample of that many images of those splits of the
+    fine-tune dataset (a protocol sized for a CPU; ``data.subsets.sample_subset``). A sequence task has no ``dataset``
+    here (its datasets are in ``sequence``), only the split roles.
     """
 
     dataset: str | None = entry(Nullable(_DATASET), None, omit_if_none=True)
@@ -64,6 +67,13 @@ class FinetuneSpec:
     val_split: str = entry(_SPLIT, "val")
     test_split: str = entry(_SPLIT, "test")
     seen_classes: tuple[str, ...] | None = entry(Nullable(ListOf(Text("a class name"))), None, omit_if_none=True)
+    subset: Mapping[str, int] | None = entry(Nullable(MapOf(Integer(ge=1))), None, omit_if_none=True)
+
+    def check_fields(self, path: str, problems: Problems) -> None:
+        for split in self.subset or {}:
+            if split not in self.splits:
+                problems.add(join(f"{path}.subset", split), f"not one of the task's splits "
+                                                             f"({', '.join(self.splits)}){hint(split, self.splits)}")
 
     @property
     def splits(self) -> tuple[str, str, str]:
@@ -139,6 +149,10 @@ class TrainSpec:
     grad_clip: float | None = entry(Nullable(Number(gt=0, coerce=True)), None)
     head_init: str = entry(Choice(HEAD_INITS), "zeroshot")
     label_smoothing: float = entry(Number(ge=0, lt=1, coerce=True), 0.0)
+    # "frozen": BatchNorm layers normalise with their pre-trained running statistics and keep them (their scale and
+    # shift still train); unset: they use and update batch statistics, as in training from scratch. Models without
+    # BatchNorm (ViTs) are the same either way.
+    batchnorm: str | None = entry(Nullable(Choice(BATCHNORM)), None, omit_if_none=True)
 
     def check_fields(self, path: str, problems: Problems) -> None:
         # null counts as absent so that to_dict() output (which carries both keys) loads again

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ...errors import DataError
 from ..base import DATASETS, ImageDataset
-from .catalog import CATALOG, RealDataset, by_name
+from .catalog import CATALOG, RealDataset, by_name, existing_folder
 from .prompts import prompts
 from .root import data_root, data_root_or_none, downloads_allowed, set_data_root, set_download
 from .splits import RULE_ID, SplitView, split_part
@@ -23,15 +23,26 @@ __all__ = ["CATALOG", "build", "by_name", "class_info", "data_root", "download",
 
 
 def locate(spec: RealDataset, root: Path | None = None) -> Path:
-    """The dataset's folder; a DataError naming the expected path and layout when it is absent."""
-    root = root or data_root()
+    """The dataset's folder; a DataError naming the expected path and layout when it is absent.
+
+    A dataset with a system folder (installed by a system package) is found there when the data root has no copy of
+    it, or when no data root is set.
+    """
+    root = root or (data_root_or_none() if spec.system_folder else data_root())
+    found = existing_folder(spec, root)
+    if found is not None:
+        return found
+    how = f"get it from {spec.source}"
+    if spec.downloadable:
+        how += f", or let torchvision fetch it: `forgetbench download {spec.name}` (or --download)"
+    if root is None:
+        raise DataError(f"dataset {spec.name!r} not found: {spec.system_folder} is absent and no data root is set "
+                        f"(--data-root, FORGETBENCH_DATA); {how}")
     folder = root / spec.folder
-    if not folder.exists() and not (spec.downloadable and downloads_allowed()):
-        how = f"get it from {spec.source}"
-        if spec.downloadable:
-            how += f", or let torchvision fetch it: `forgetbench download {spec.name}` (or --download)"
-        raise DataError(f"dataset {spec.name!r} not found: expected {folder} ({spec.layout}); {how}")
-    return folder
+    if spec.downloadable and downloads_allowed():
+        return folder
+    also = f" or {spec.system_folder}" if spec.system_folder else ""
+    raise DataError(f"dataset {spec.name!r} not found: expected {folder}{also} ({spec.layout}); {how}")
 
 
 def _read_part(spec: RealDataset, root: Path, part: str):
@@ -40,7 +51,8 @@ def _read_part(spec: RealDataset, root: Path, part: str):
     except DataError:
         raise
     except (RuntimeError, OSError, ValueError, KeyError, IndexError) as e:  # torchvision's "not found or corrupted"
-        raise DataError(f"dataset {spec.name!r}: cannot read the {part} part under {root / spec.folder} "
+        where = root / spec.folder if root is not None else spec.system_folder
+        raise DataError(f"dataset {spec.name!r}: cannot read the {part} part under {where} "
                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); expected {spec.layout}") from None
 
 
@@ -55,7 +67,7 @@ def _signature(folder: Path) -> str:
 
 def build(name: str) -> ImageDataset:
     spec = by_name()[name]
-    root = data_root()
+    root = data_root_or_none() if spec.system_folder else data_root()
     folder = locate(spec, root)
     parts: dict = {}
 
@@ -85,7 +97,7 @@ def class_info(name: str) -> tuple[list[str], list[str]]:
 def status(name: str) -> str:
     """"found at PATH", or the one-line reason it is not usable here (no data root, absent)."""
     root = data_root_or_none()
-    if root is None:
+    if root is None and not by_name()[name].system_folder:
         return "no data root set"
     try:
         return f"found at {locate(by_name()[name], root)}"

@@ -17,7 +17,8 @@ import numpy as np
 
 from ...errors import DataError
 from .prompts import imagenet_subset, imagenet_wnids, prompts
-from .splits import Part, class_folders, labels_by_name
+from .idx import read_idx
+from .splits import GreyArraySource, Part, class_folders, labels_by_name
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,19 @@ class RealDataset:
     layout: str  # the on-disk layout, in words: printed when the folder is absent
     source: str  # where to get it
     parts: tuple[str, ...]  # official parts: ("train", "test"), ("train", "val", "test") or ("all",)
-    read: Callable[[Path, str, bool], Part]  # (data root, part, download allowed) -> Part
+    read: Callable[[Path | None, str, bool], Part]  # (data root or None with a system folder, part, download)
     prompt_key: str = ""  # entry of prompts.json (default: name)
     downloadable: bool = False  # torchvision can fetch it
+    system_folder: str = ""  # where a system package installs it: used when the data root has no copy (or none is set)
+
+
+def existing_folder(spec: RealDataset, root: Path | None) -> Path | None:
+    """The dataset's folder under the data root if it is there, else its system folder if that is there."""
+    if root is not None and (root / spec.folder).exists():
+        return root / spec.folder
+    if spec.system_folder and Path(spec.system_folder).is_dir():
+        return Path(spec.system_folder)
+    return None
 
 
 def _norm(s: str) -> str:
@@ -76,6 +87,34 @@ def _svhn(root: Path, part: str, download: bool) -> Part:
 def _mnist(root: Path, part: str, download: bool) -> Part:
     ds = _tv("MNIST")(str(root), train=part == "train", download=download)
     return _whole(ds, ds.targets.numpy())
+
+
+_IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _idx_file(folder: Path, name: str) -> Path:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{folder}: {name} (or {name}.gz) not found")
+
+
+def _fashion(root: Path | None, part: str, download: bool) -> Part:
+    """IDX files, plain (torchvision's FashionMNIST/raw/) or gzipped (Debian's dataset-fashion-mnist)."""
+    folder = existing_folder(by_name()["fashion-mnist"], root)
+    if folder is None and download and root is not None:  # torchvision fetches and unpacks into FashionMNIST/raw
+        _tv("FashionMNIST")(str(root), train=part == "train", download=True)
+        folder = root / "FashionMNIST" / "raw"
+    if folder is None:
+        raise DataError("Fashion-MNIST not found")  # locate() said where it looked before any part is read
+    images = read_idx(_idx_file(folder, _IDX[part][0]))
+    labels = read_idx(_idx_file(folder, _IDX[part][1])).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{folder}: the {part} images {images.shape} and labels {labels.shape} do not match")
+    if labels.size and labels.max() >= len(prompts("fashion-mnist")["classes"]):
+        raise DataError(f"{folder}: {part} label {labels.max()} is out of range (Fashion-MNIST has 10 classes)")
+    return Part(GreyArraySource(images), np.arange(len(labels)), labels)
 
 
 def _dtd(root: Path, part: str, download: bool) -> Part:
@@ -176,6 +215,7 @@ def _office_home(domain: str):
 
 
 TV = "torchvision's layout"
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist installs the gzipped IDX files here
 CATALOG: list[RealDataset] = [
     RealDataset("cifar10", "CIFAR-10", "cifar-10-batches-py", TV + ": data_batch_1..5, test_batch, batches.meta "
                 "(the python version)", "https://www.cs.toronto.edu/~kriz/cifar.html", ("train", "test"),
@@ -188,6 +228,11 @@ CATALOG: list[RealDataset] = [
     RealDataset("mnist", "MNIST", "MNIST/raw", TV + ": train-images-idx3-ubyte, train-labels-idx1-ubyte, "
                 "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte", "http://yann.lecun.com/exdb/mnist/",
                 ("train", "test"), _mnist, downloadable=True),
+    RealDataset("fashion-mnist", "Fashion-MNIST", "FashionMNIST/raw", TV + ": train-images-idx3-ubyte, "
+                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or .gz), or Debian's "
+                "dataset-fashion-mnist in " + DEBIAN_FASHION_MNIST,
+                "https://github.com/zalandoresearch/fashion-mnist (on Debian: apt-get install dataset-fashion-mnist)",
+                ("train", "test"), _fashion, downloadable=True, system_folder=DEBIAN_FASHION_MNIST),
     RealDataset("dtd", "Describable Textures (partition 1)", "dtd/dtd", TV + ": images/<class>/*.jpg and "
                 "labels/{train,val,test}1.txt", "https://www.robots.ox.ac.uk/~vgg/data/dtd/", ("train", "val", "test"),
                 _dtd, downloadable=True),

@@ -100,6 +100,21 @@ class FileSource(torch.utils.data.Dataset):
             return im.convert("RGB"), -1
 
 
+class GreyArraySource(torch.utils.data.Dataset):
+    """Grey images held as a uint8 array [N, H, W] (MNIST-style datasets); ``SplitView`` hands them out as RGB."""
+
+    def __init__(self, images: np.ndarray):
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataError(f"grey images must be a uint8 array [N, H, W], got {images.dtype} {images.shape}")
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return Image.fromarray(self.images[i]), -1  # a 2-D uint8 array is a mode "L" image
+
+
 def class_folders(directory: Path, raw: Sequence[str], label_of=None) -> Part:
     """Images in ``directory/<class folder>/``; labels from the folder name (its index in ``raw``, or ``label_of``).
 
