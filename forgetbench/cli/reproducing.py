@@ -65,8 +65,7 @@ def cmd_reproduce(args) -> int:
     atomic_write(out, text)
     print(text)
     if e.figure and any(r.task.name in e.tasks for r in records):
-        figure = Path(args.results) / "figures" / e.name
-        figure.parent.mkdir(parents=True, exist_ok=True)
+        figure = out.with_name(f"{e.name}-{e.figure}")  # beside the ledger
         paths = figure_protocol(e.figure).plot(e.figure, [r for r in records if r.task.name in e.tasks], figure)
         print("figure: " + ", ".join(str(p) for p in paths))
     print(f"ledger -> {out}")

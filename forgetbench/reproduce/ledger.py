@@ -150,7 +150,8 @@ def header_lines(e: Entry, results: str) -> list[str]:
                      "reproduction: published numbers are the paper's, shown for orientation.")
     if e.figure:
         lines.append(f"Figure: `forgetbench plot {e.figure} --results {results} "
-                     f"{' '.join('--task ' + t for t in e.tasks)} --out {results}/figures/{e.name}`")
+                     f"{' '.join('--task ' + t for t in e.tasks)} --out {results}/ledger/{e.name}-{e.figure}` "
+                     f"(`reproduce` draws it)")
     return lines
 
 
