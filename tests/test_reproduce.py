@@ -216,3 +216,24 @@ def test_calibrated_tasks_hold_30_seen_classes_and_only_directions():
         assert all(t.value is None and t.claim == "> 0" for t in task.targets)
     fig3 = load_task("fig3-clip-vitb32-dtd")
     assert "otdd" in fig3.evaluate.drift and all(t.value is None for t in fig3.targets)
+
+
+def test_each_sequence_step_trains_at_its_own_rate(monkeypatch):
+    from forgetbench.protocols import sequence as sequence_protocol
+    from forgetbench.run import run_one
+    from pipeline_helpers import tiny_task
+    d = tiny_task(steps=1, drift=()).to_dict()
+    del d["finetune"]["dataset"]
+    d["evaluate"]["datasets"] = []
+    d["sequence"] = {"datasets": ["test/shapes", "test/colours"], "accuracy": ["zs"], "lr": {"test/colours": 0.5}}
+    task = TaskSpec.from_dict(d)
+    rates, real_finetune = [], sequence_protocol.finetune
+
+    def spy(ctx, method, train_spec, *args, **kwargs):
+        rates.append(train_spec.lr)
+        return real_finetune(ctx, method, train_spec, *args, **kwargs)
+
+    monkeypatch.setattr(sequence_protocol, "finetune", spy)
+    record = run_one(task, "ft", 0, progress=False)
+    assert rates == [task.train.lr, 0.5] and task.train.lr != 0.5
+    assert record.to_json()["task"]["spec"]["sequence"]["lr"] == {"test/colours": 0.5}  # part of the protocol
