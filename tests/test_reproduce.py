@@ -158,7 +158,8 @@ def test_a_reproduction_reports_every_missing_dataset_and_weight_before_anything
     FAKES["cifar100"](data)
     FAKES["mnist"](data)
     monkeypatch.setenv("FORGETBENCH_DATA", str(data))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))  # no cached weights
+    monkeypatch.delenv("FORGETBENCH_ALLOW_DOWNLOAD", raising=False)
     monkeypatch.setattr("forgetbench.cli.reproducing.run_one", lambda *a, **k: pytest.fail("a run started"))
     results = tmp_path / "runs"
     for flags in ([], ["--dry-run"]):
