@@ -238,3 +238,15 @@ def test_each_sequence_step_trains_at_its_own_rate(monkeypatch):
     record = run_one(task, "ft", 0, progress=False)
     assert rates == [task.train.lr, 0.5] and task.train.lr != 0.5
     assert record.to_json()["task"]["spec"]["sequence"]["lr"] == {"test/colours": 0.5}  # part of the protocol
+
+
+@pytest.mark.parametrize("name", [e.name for e in ENTRIES if not e.is_mini])
+def test_the_check_of_every_real_entry_names_each_missing_weight_and_dataset_once(name, tmp_path, monkeypatch):
+    from forgetbench.reproduce.check import missing, task_datasets
+    monkeypatch.setenv("FORGETBENCH_DATA", str(tmp_path))  # an empty data root
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("FORGETBENCH_ALLOW_DOWNLOAD", raising=False)
+    tasks = [load_task(t) for t in entry(name).tasks]
+    lines = missing(tasks)
+    expected = {f"dataset {d}" for t in tasks for d in task_datasets(t)} | {f"weights {t.model}" for t in tasks}
+    assert sorted(line.split(": ")[0] for line in lines) == sorted(expected)
