@@ -250,3 +250,15 @@ def test_the_check_of_every_real_entry_names_each_missing_weight_and_dataset_onc
     lines = missing(tasks)
     expected = {f"dataset {d}" for t in tasks for d in task_datasets(t)} | {f"weights {t.model}" for t in tasks}
     assert sorted(line.split(": ")[0] for line in lines) == sorted(expected)
+
+
+@pytest.mark.parametrize("name", ["mtil-order1", "calibrated-office-home-clipart", "fig3-clip-vitb32-dtd"])
+def test_dry_run_of_each_new_paper_task_family(name, tmp_path, monkeypatch):
+    """Class names, templates and head set-up of the real datasets, one `ft` step on fake data (a tiny CLIP)."""
+    import dataclasses
+    from forgetbench.dryrun import dry_run
+    monkeypatch.setenv("FORGETBENCH_CACHE", str(tmp_path / "cache"))
+    lines = []
+    task = dataclasses.replace(load_task(name), model="openclip:forgetbench-mini-clip@random")
+    dry_run(task, ["ft"], batch=4, out=lines.append)
+    assert lines[-1].startswith("dry run ok") and any("method ft: " in line and "loss" in line for line in lines)
