@@ -127,6 +127,8 @@ def test_a_stated_direction_is_checked_and_a_mini_analogue_is_never_judged_again
     assert row.target.value == -4.37 and row.measured.mean == pytest.approx(-4.37)
     assert row.verdict == "analogue: not compared" and row.tasks == ("mini-shapes", "mini-counts", "mini-digits")
     assert "ANALOGUE" in render_markdown(entry("mini-table1"), mini)
+    assert "| -4.37 | -4.37 [-4.37, -4.37] (n=2) | n/a (analogue) | analogue: not compared |" in \
+        render_markdown(entry("mini-table1"), mini)  # no difference from a number it does not reproduce
 
 
 def test_the_mini_correlation_measure_is_the_correlation_of_the_seeds_pooled_points():

@@ -135,7 +135,8 @@ def cells(row: LedgerRow) -> list[str]:
     t = row.target
     digits = 3 if "corr." in t.metric else 2  # correlations are in [-1, 1]; accuracies in points
     return [t.table, t.row, t.method or "pre-trained / all", t.metric, _published(t), _measured(row.measured, digits),
-            _num(row.difference, signed=True, digits=digits), row.verdict, t.source + (f" ({t.note})" if t.note else "")]
+            "n/a (analogue)" if row.verdict.startswith("analogue") else _num(row.difference, signed=True, digits=digits),
+            row.verdict, t.source + (f" ({t.note})" if t.note else "")]
 
 
 def header_lines(e: Entry, results: str) -> list[str]:
