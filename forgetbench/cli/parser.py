@@ -128,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--per-checkpoint", action="store_true", help="also one point per training checkpoint")
     pl.set_defaults(handler="results:cmd_plot")
 
+    rp = sub.add_parser("reproduce", help="run a paper entry's task set (recorded runs skipped) and render its "
+                        "ledger: published against measured, cell by cell")
+    rp.add_argument("name", nargs="?", help="the entry, e.g. mtil-order1 or its mini analogue mini-mtil (see --list)")
+    rp.add_argument("--list", action="store_true", help="list the entries with their expected GPU time")
+    rp.add_argument("--dry-run", action="store_true", help="check every task's weights and data; report all that is "
+                    "missing in one list; run nothing")
+    rp.add_argument("--no-run", action="store_true", help="render the ledger from the records there are; run nothing")
+    rp.add_argument("--results", default="runs", help="results directory (default runs/; the committed records are "
+                    "in results/)")
+    rp.add_argument("--out", default=None, help="ledger Markdown file (default RESULTS/ledger/NAME.md)")
+    rp.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_args(rp)
+    _add_execution_args(rp)
+    rp.set_defaults(handler="reproducing:cmd_reproduce")
+
     ls = sub.add_parser("ls", help="list what is registered: datasets, models, methods, tasks, protocols, drift metrics")
     ls.add_argument("what", nargs="?", choices=LISTS)
     ls.add_argument("--markdown", action="store_true", help="the methods as a Markdown table (for the README)")

@@ -115,8 +115,12 @@ class AbsentProtocol(FinetuneProtocol):
             problems.add("finetune.seen_classes", f"expected at least two seen classes, got {len(seen)}")
 
     def check_names(self, task: Any, datasets: Any) -> None:
-        build = datasets.get(task.finetune.dataset)
-        classnames = getattr(build() if callable(build) else build, "classnames", None)
+        from ..data import real  # a real dataset's class names come from its catalog, without reading its files
+        if task.finetune.dataset in real.by_name():
+            classnames = real.class_info(task.finetune.dataset)[0]
+        else:
+            build = datasets.get(task.finetune.dataset)
+            classnames = getattr(build() if callable(build) else build, "classnames", None)
         if classnames is not None:  # a registry of dataset builders (not a stand-in): check the names now
             seen_indices(task, classnames)
 

@@ -183,7 +183,8 @@ class SequenceProtocol(Protocol):
         seq = task.sequence
         steps = ", ".join(seq.datasets) if seq.datasets is not None else \
             f"{seq.split.dataset} in {seq.split.tasks} class groups (order seed {seq.split.class_order_seed})"
-        return f"sequence {steps} (anchor: {seq.anchor})"
+        own_lr = "".join(f", lr {lr:g} for {name}" for name, lr in (seq.lr or {}).items())
+        return f"sequence {steps} (anchor: {seq.anchor}{own_lr})"
 
     # ----- a run
     def run(self, request: Any) -> SequenceRecord:
@@ -215,8 +216,8 @@ class SequenceProtocol(Protocol):
             ctx = FinetuneContext.start(reference.model, method, head, task, step, device, student=student,
                                         frozen=anchor)
             student = ctx.student
-            log = finetune(ctx, method, task.train, step.split(task.finetune.train_split), seed,
-                           progress=request.progress)
+            log = finetune(ctx, method, task.sequence.step_train(t, task.train),
+                           step.split(task.finetune.train_split), seed, progress=request.progress)
             n_steps.append(log.steps)
             losses.append(log.final_loss)
             t_eval = time.time()

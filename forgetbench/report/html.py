@@ -223,6 +223,9 @@ def render_leaderboard_html(records: list, figures_dir: str | Path | None = None
         if board.citations:
             items = "".join(f"<li><strong>{esc(m)}</strong>: {esc(ref)}</li>" for m, ref in board.citations)
             body.append(f'<div class="refs">References:<ul>{items}</ul></div>')
+    from ..reproduce.entries import ENTRIES  # the reproduction ledger of every entry the records touch
+    from ..reproduce.ledger import ledgers_with_records, render_html
+    body.append(render_html(ledgers_with_records(records, ENTRIES)))
     figures = _figures(Path(figures_dir) if figures_dir is not None else None)
     if figures:
         body.append('<h2 id="figures">Figures</h2>')

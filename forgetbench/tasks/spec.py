@@ -103,15 +103,31 @@ class SequenceSpec:
     split: ClassSplitSpec | None = entry(Nullable(Section(ClassSplitSpec)), None, omit_if_none=True)
     anchor: str = entry(Choice(ANCHORS), "previous", key="reference")
     accuracy: tuple[str, ...] = entry(ListOf(Choice(SEQUENCE_ACCURACIES)), SEQUENCE_ACCURACIES)
+    # the learning rate of some steps, by dataset (MTIL's Aircraft and MNIST); the others use train.lr
+    lr: Mapping[str, float] | None = entry(Nullable(MapOf(Number(gt=0, coerce=True), key=_DATASET)), None,
+                                           omit_if_none=True)
 
     def finetune_datasets(self) -> tuple[str, ...]:
         """The registered datasets the steps fine-tune on."""
         return self.datasets if self.datasets is not None else (self.split.dataset,)
 
+    def step_train(self, step: int, train: TrainSpec) -> TrainSpec:
+        """The training hyper-parameters of step ``step`` (0-based): ``train``, with its own learning rate if set."""
+        if self.lr is None or self.datasets is None or self.datasets[step] not in self.lr:
+            return train
+        return dataclasses.replace(train, lr=self.lr[self.datasets[step]])
+
     def check_fields(self, path: str, problems: Problems) -> None:
         if (self.datasets is None) == (self.split is None):
             problems.add(path, "give exactly one of sequence.datasets (one step per dataset) and sequence.split "
                                "(class groups of one dataset: {dataset, tasks, class_order_seed})")
+        for name in self.lr or {}:
+            if self.datasets is None:
+                problems.add(f"{path}.lr", "per-step learning rates need sequence.datasets (one step per dataset)")
+                break
+            if name not in self.datasets:
+                problems.add(join(f"{path}.lr", name), f"not a dataset of sequence.datasets"
+                                                       f"{hint(name, self.datasets)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,15 +178,35 @@ class TrainSpec:
             problems.add(f"{path}.steps", "give exactly one of train.epochs or train.steps, not both")
 
 
+#: A target's measured quantity: a dotted path (``summary.delta_lp_mean``, ``zs.pretrained.avg``), or the difference of
+#: two (``absent.ausuc - absent.reference.ausuc``); ``forgetbench.reproduce.measures`` says what each path reads.
+METRIC_RE = re.compile(r"[A-Za-z0-9_/.-]+( - [A-Za-z0-9_/.-]+)?")
+CLAIMS = ("> 0", "< 0")  # the direction a paper reports where it gives no number
+
+
 @dataclass(frozen=True, kw_only=True)
 class PaperTarget:
-    """A published number the task reproduces (its reproduction ledger): where it is, what it measures, its value."""
+    """A published number the task reproduces (a line of the reproduction ledger): the paper, its table or figure and
+    row, the method, the measured quantity it compares with, the value and where that value was read.
 
-    paper: str = entry(Text("the paper and table, as text"))  # e.g. "Proxy-FDA (Huang et al., ICML 2025), Table 1"
-    metric: str = entry(Text("what the number measures, as text"))  # in the record's words, e.g. summary.delta_lp_mean
-    method: str | None = entry(Nullable(Text("a method name")), None)  # the method the number belongs to
+    ``value`` null: no published number was found; then ``claim`` may state the direction the paper reports (the
+    measured quantity is ``> 0`` or ``< 0``), which the ledger checks instead of a tolerance.
+    """
+
+    paper: str = entry(Text("the paper, as text"))  # e.g. "Proxy-FDA (Huang et al., ICML 2025)"
+    table: str = entry(Text("the table or figure, as text"))  # e.g. "Table 1", "Fig. 3"
+    row: str = entry(Text("a string", allow_empty=True), "")  # the row (or series) as the paper labels it
+    method: str | None = entry(Nullable(Text("a method name")), None)  # null: the pre-trained model (or all methods)
+    metric: str = entry(Text("a metric path such as summary.delta_lp_mean, or 'A - B'", pattern=METRIC_RE))
     value: float | None = entry(Nullable(Number(coerce=True, what="a number")), None)  # null: no published value
+    claim: str | None = entry(Nullable(Choice(CLAIMS)), None, omit_if_none=True)
+    source: str = entry(Text("where the value was read, as text"))
     note: str = entry(Text("a string", allow_empty=True), "")
+
+    def check_fields(self, path: str, problems: Problems) -> None:
+        if self.claim is not None and self.value is not None:
+            problems.add(join(path, "claim"), "a target has a published value or a claim about its direction, not "
+                                              "both; remove one")
 
 
 #: Train fields a tuning grid may vary (the numeric ones).
