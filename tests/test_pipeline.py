@@ -27,6 +27,14 @@ def test_zero_steps_give_zero_forgetting_and_zero_drift():
     assert target.gain == target.acc - target.acc_reference
 
 
+def test_a_record_carries_its_method_code_and_weights_hashes():
+    from forgetbench.methods import get_method, method_source
+
+    record = run_one(tiny_task(steps=0), "ft", 0, progress=False)
+    assert record.method.source_sha256 == method_source(get_method("ft")).sha256
+    assert len(record.model.weights_sha256) == 64
+
+
 def test_wise_ft_at_alpha_zero_is_the_reference_model():
     record = run_one(tiny_task(steps=4), "wise-ft", 0, params={"alpha": 0.0}, progress=False)
     _no_change(record)
