@@ -1,5 +1,4 @@
 """Methods that need a text tower: FLYP, FD-Align, ZSCL (with a fake, deterministic text tower)."""
-import copy
 
 import numpy as np
 import pytest
@@ -76,19 +75,40 @@ def test_zscl_distillation_is_zero_at_the_start_and_cycles_through_reference_ima
     assert method.loss(ctx, make_batch(ctx)).item() > 0
 
 
-def test_zscl_weight_ensemble_is_the_average_of_start_and_merged_weights():
+@pytest.mark.parametrize("n_steps, snapshots", [(188, 10), (64, 10), (20, 5), (3, 10)])
+def test_zscl_weight_ensemble_holds_the_number_of_snapshots_asked(n_steps, snapshots):
     ctx = make_ctx(dataset=tiny_dataset())
-    method = ZSCL(n_ref=4, avg_freq=2)
+    method = ZSCL(n_ref=4, snapshots=snapshots)
     method.setup(ctx)
-    snapshots = [copy.deepcopy(ctx.student.proj.weight.detach())]
-    for step in range(1, 5):  # merges after steps 1 and 3 (ZSCL's iterations 0 and 2), then the final step 4
+    method.start_average(ctx, n_steps)
+    taken = [ctx.student.proj.weight.detach().clone()]  # the initial weights are the first snapshot
+    for step in range(1, n_steps + 1):
         with torch.no_grad():
             ctx.student.proj.weight.add_(torch.randn_like(ctx.student.proj.weight))
             ctx.head.weight.add_(1.0)
-        snapshots.append(copy.deepcopy(ctx.student.proj.weight.detach()))
         method.after_step(ctx, step)
+        if step in method._merge_steps:
+            taken.append(ctx.student.proj.weight.detach().clone())
     method.finalize(ctx)
-    expected = (snapshots[0] + snapshots[1] + snapshots[3] + snapshots[4]) / 4
-    assert torch.allclose(ctx.student.proj.weight, expected, atol=1e-6)
+    assert method._count == min(snapshots, n_steps + 1) == len(taken)  # short runs: every state
+    assert method._merge_steps[-1] == n_steps  # the last state is one of them
+    assert torch.allclose(ctx.student.proj.weight, torch.stack(taken).mean(0), atol=1e-5)
+    gaps = np.diff([0, *method._merge_steps])
+    assert gaps.max() - gaps.min() <= 1  # evenly spaced over the run
     head0 = ctx.head_initial["weight"]
-    assert torch.allclose(ctx.head.weight, (head0 + head0 + 1 + head0 + 3 + head0 + 4) / 4, atol=1e-6)
+    assert torch.allclose(ctx.head.weight, head0 + float(np.mean([0, *method._merge_steps])), atol=1e-4)
+
+
+def test_zscl_reference_images_are_none_of_the_evaluated_test_images():
+    """The distillation images (pre-training-like scenes) share no image with any mini dataset's test split."""
+    from forgetbench.baselines.zscl import distillation_pairs
+    from forgetbench.data import get_dataset
+    from forgetbench.tasks import load_task
+
+    images, _ = distillation_pairs("mini-world", 512, 1)
+    reference = {im.tobytes() for im in images}
+    task = load_task("mini-noise")
+    for name in [task.finetune.dataset, *task.evaluate.datasets]:
+        split = get_dataset(name).split("test")
+        tested = {np.asarray(split[i][0].convert("RGB")).tobytes() for i in range(len(split))}
+        assert not reference & tested, name

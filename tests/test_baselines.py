@@ -365,8 +365,8 @@ def test_check_params_rejects_undeclared_and_ill_formed_hyper_parameters():
         get_method("fda")(lamda=2.0)
     with pytest.raises(SpecError, match="negative_weight.*expected one of distance, uniform, got 'hard'"):
         get_method("proxy-fda")(negative_weight="hard")
-    with pytest.raises(SpecError, match="'avg_freq': expected an integer >= 1, got 1.5"):
-        get_method("zscl")(avg_freq=1.5)
+    with pytest.raises(SpecError, match="'snapshots': expected an integer >= 2, got 1.5"):
+        get_method("zscl")(snapshots=1.5)
     with pytest.raises(SpecError, match="'k': expected an integer >= 1, got 0"):  # the range, declared
         get_method("fda")(k=0)
     with pytest.raises(SpecError, match=r"'alpha': expected a number in \[0, 1\], got 1.5"):
