@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from forgetbench.baselines.fd_align import FDAlign, prototype_kl
-from forgetbench.baselines.flyp import FLYP, clip_loss
+from forgetbench.baselines.flyp import FLYP
 from forgetbench.baselines.zscl import ZSCL
 from forgetbench.errors import SpecError
 
@@ -19,15 +19,28 @@ def test_text_methods_refuse_models_without_a_text_tower(cls):
         cls().setup(make_ctx(text=False, dataset=tiny_dataset()))
 
 
-def test_clip_loss_by_hand():
-    img, txt = torch.randn(4, 3), torch.randn(4, 3)
-    logits = 5.0 * (img / img.norm(dim=1, keepdim=True)) @ (txt / txt.norm(dim=1, keepdim=True)).T
-    logits = logits.numpy().astype(np.float64)
+def test_flyp_counts_same_class_prompts_as_positives_on_a_batch_with_repeated_labels():
+    ctx = make_ctx(dataset=tiny_dataset())
+    method = FLYP()
+    method.setup(ctx)
+    batch = make_batch(ctx, n=6)
+    batch.labels = torch.tensor([0, 0, 1, 1, 2, 0])
+    loss = method.loss(ctx, batch).item()
+    # by hand, whatever template each image drew: the same-class pairs are the positives, uniformly weighted
+    gen = torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63)  # the draw FLYP made
+    template = torch.randint(method.text.shape[1], (6,), generator=gen)
+    txt = method.text[batch.labels, template].numpy().astype(np.float64)
+    img = F.normalize(batch.features.detach(), dim=-1).numpy().astype(np.float64)
+    z = 10.0 * img @ (txt / np.linalg.norm(txt, axis=1, keepdims=True)).T
+    same = (batch.labels[:, None] == batch.labels[None, :]).numpy().astype(np.float64)
 
-    def ce(z):
-        return np.mean(np.log(np.exp(z).sum(1)) - np.diag(z))
+    def uniform_ce(z, target):
+        log_softmax = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return np.mean(-(target / target.sum(1, keepdims=True) * log_softmax).sum(1))
 
-    assert clip_loss(img, txt, torch.tensor(5.0)).item() == pytest.approx((ce(logits) + ce(logits.T)) / 2, rel=1e-5)
+    assert loss == pytest.approx((uniform_ce(z, same) + uniform_ce(z.T, same.T)) / 2, rel=1e-5)
+    plain = (uniform_ce(z, np.eye(6)) + uniform_ce(z.T, np.eye(6))) / 2  # FLYP's code: same-class prompts negatives
+    assert abs(loss - plain) > 1e-3
 
 
 def test_flyp_pulls_images_towards_their_class_prompts():
