@@ -21,10 +21,29 @@ def require_text_tower(ctx: FinetuneContext, method: str) -> None:
                         f"use a CLIP-like model (e.g. mini-clip) or another method")
 
 
+VOCABULARIES = ("task", "target")
+
+
+def vocabulary_datasets(ctx: FinetuneContext, vocabulary: str = "task") -> list:
+    """The datasets whose class names a text-side regulariser constrains (LwF, FD-Align): "target", the fine-tune
+    dataset's; "task", those and the task's held-out datasets' (``evaluate.datasets``), each once."""
+    from forgetbench.data import get_dataset
+
+    out = [ctx.train_dataset] if ctx.train_dataset is not None else []
+    if vocabulary == "task":
+        names = {d.name for d in out}
+        for name in getattr(getattr(ctx.task, "evaluate", None), "datasets", None) or []:
+            if name not in names:
+                out.append(get_dataset(name))
+                names.add(name)
+    return out
+
+
 @torch.no_grad()
-def prompt_embeddings(ctx: FinetuneContext) -> torch.Tensor:
-    """[C, T, D] normalised text embeddings of every (class, template) prompt of the fine-tune dataset."""
-    ds = ctx.train_dataset
+def prompt_embeddings(ctx: FinetuneContext, dataset=None) -> torch.Tensor:
+    """[C, T, D] normalised text embeddings of every (class, template) prompt of ``dataset`` (default: the fine-tune
+    dataset)."""
+    ds = ctx.train_dataset if dataset is None else dataset
     prompts = [t.format(c) for c in ds.classnames for t in ds.templates]
     emb = F.normalize(ctx.model.encode_text(prompts).float(), dim=-1)
     return emb.reshape(len(ds.classnames), len(ds.templates), -1).to(ctx.device)

@@ -125,3 +125,57 @@ def test_zscl_reference_images_are_none_of_the_evaluated_test_images():
         split = get_dataset(name).split("test")
         tested = {np.asarray(split[i][0].convert("RGB")).tobytes() for i in range(len(split))}
         assert not reference & tested, name
+
+
+def _task_ctx(heldout):
+    """A context whose task holds out ``heldout`` (registered datasets), the fine-tune dataset tiny_dataset's."""
+    from types import SimpleNamespace
+
+    ctx = make_ctx(dataset=tiny_dataset())
+    ctx.task.evaluate = SimpleNamespace(datasets=list(heldout))
+    return ctx
+
+
+def test_lwf_distils_over_the_held_out_datasets_class_names_too():
+    from forgetbench.baselines.lwf import LwF
+    from forgetbench.data import get_dataset
+
+    ctx = _task_ctx(["mini/colours", "mini/shapes"])
+    method = LwF()
+    method.setup(ctx)
+    # the initial head of the 3 target classes, then one zero-shot head per held-out dataset, over its class names
+    assert [h.out_features for h in method.heads] == [3, *(len(get_dataset(n).classnames)
+                                                          for n in ["mini/colours", "mini/shapes"])]
+    narrow = LwF(vocabulary="target")
+    narrow.setup(ctx)
+    assert len(narrow.heads) == 1
+    assert method.loss(ctx, make_batch(ctx)).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        ctx.student.proj.weight.add_(torch.randn_like(ctx.student.proj.weight))
+    # a drift the held-out heads see: the wider loss is the mean of every head's KL
+    batch = make_batch(ctx)
+    wide = method.loss(ctx, batch).item()
+    from forgetbench.baselines.lwf import distillation_kl
+
+    frozen = ctx.frozen(batch.images)
+    kls = [distillation_kl(h(frozen), h(batch.features), 2.0).item() for h in method.heads]
+    assert wide == pytest.approx(np.mean(kls), rel=1e-5) and kls[1] > 0
+
+
+def test_fd_align_prototypes_span_the_held_out_datasets_prompts():
+    from forgetbench.baselines.flyp import prompt_embeddings, vocabulary_datasets
+
+    ctx = _task_ctx(["mini/colours"])
+    datasets = vocabulary_datasets(ctx)
+    assert [d.name for d in datasets] == ["unit/tiny", "mini/colours"]
+    n_prompts = sum(len(d.classnames) * len(d.templates) for d in datasets)
+    method = FDAlign(k=1000)  # k capped at the number of distinct prompts: all of them are prototypes
+    method.setup(ctx)
+    assert method.prototypes.shape[0] == n_prompts > 6
+    colours = prompt_embeddings(ctx, datasets[1]).flatten(0, 1) * ctx.model.logit_scale
+    # every held-out prompt is one of the prototypes
+    dist = torch.cdist(colours.double(), method.prototypes.double())
+    assert dist.min(1).values.max().item() < 1e-3
+    narrow = FDAlign(k=1000, vocabulary="target")
+    narrow.setup(ctx)
+    assert narrow.prototypes.shape[0] == 6
