@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from forgetbench.baselines.flyp import prompt_embeddings, require_text_tower
+from forgetbench.baselines.flyp import VOCABULARIES, prompt_embeddings, require_text_tower, vocabulary_datasets
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
 
 
@@ -30,7 +30,9 @@ class FDAlign(Method):
     """cscale * KL(softmax(P f_0(x)) || softmax(P f_theta(x))), f_0 the frozen encoder.
 
     P: k-means (k = 20, seeded) centres of the normalised text embeddings of every class x template prompt of the
-    fine-tune dataset, times the model's logit scale (FD-Align scales its prototypes by CLIP's logit scale and
+    vocabulary (``vocabulary`` = "task", the default: the fine-tune dataset's classes and the task's held-out
+    datasets' class names, so that the prototypes span more than the target classes' text directions, as FD-Align's
+    80 ImageNet contexts do; "target": the fine-tune dataset's alone), times the model's logit scale (FD-Align scales its prototypes by CLIP's logit scale and
     normalises only the image features). Deviation: FD-Align first averages each template over the classes, drops
     outliers with an IsolationForest and clusters those 80 ImageNet "context" vectors; the mini world has 3 templates
     per dataset, too few to cluster, so we cluster the prompts themselves (k is capped at their number).
@@ -39,12 +41,14 @@ class FDAlign(Method):
     name = "fd-align"
     description = "KL between frozen and student distributions over k-means text prototypes"
     citation = "Song et al., FD-Align: Feature Discrimination Alignment, NeurIPS 2023 (skingorz/FD-Align)"
-    hyperparameters = {"cscale": Param(20.0, ge=0), "k": Param(20, ge=1), "kmeans_seed": Param(0, ge=0)}
+    hyperparameters = {"cscale": Param(20.0, ge=0), "k": Param(20, ge=1), "kmeans_seed": Param(0, ge=0),
+                       "vocabulary": Param("task", choices=VOCABULARIES)}
 
     def setup(self, ctx: FinetuneContext):
         require_text_tower(ctx, self.name)
-        emb = prompt_embeddings(ctx)
-        centres = kmeans_prototypes(emb.reshape(-1, emb.shape[-1]).cpu().double().numpy(), self.params["k"],
+        emb = torch.cat([prompt_embeddings(ctx, d).flatten(0, 1)
+                         for d in vocabulary_datasets(ctx, self.params["vocabulary"])])
+        centres = kmeans_prototypes(emb.cpu().double().numpy(), self.params["k"],
                                     self.params["kmeans_seed"])
         self.prototypes = torch.from_numpy(centres).float().to(ctx.device) * ctx.model.logit_scale
 

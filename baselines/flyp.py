@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgetbench.errors import SpecError
+from forgetbench.pretrain import caption_aware_clip_loss
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
 
 
@@ -20,20 +21,32 @@ def require_text_tower(ctx: FinetuneContext, method: str) -> None:
                         f"use a CLIP-like model (e.g. mini-clip) or another method")
 
 
+VOCABULARIES = ("task", "target")
+
+
+def vocabulary_datasets(ctx: FinetuneContext, vocabulary: str = "task") -> list:
+    """The datasets whose class names a text-side regulariser constrains (LwF, FD-Align): "target", the fine-tune
+    dataset's; "task", those and the task's held-out datasets' (``evaluate.datasets``), each once."""
+    from forgetbench.data import get_dataset
+
+    out = [ctx.train_dataset] if ctx.train_dataset is not None else []
+    if vocabulary == "task":
+        names = {d.name for d in out}
+        for name in getattr(getattr(ctx.task, "evaluate", None), "datasets", None) or []:
+            if name not in names:
+                out.append(get_dataset(name))
+                names.add(name)
+    return out
+
+
 @torch.no_grad()
-def prompt_embeddings(ctx: FinetuneContext) -> torch.Tensor:
-    """[C, T, D] normalised text embeddings of every (class, template) prompt of the fine-tune dataset."""
-    ds = ctx.train_dataset
+def prompt_embeddings(ctx: FinetuneContext, dataset=None) -> torch.Tensor:
+    """[C, T, D] normalised text embeddings of every (class, template) prompt of ``dataset`` (default: the fine-tune
+    dataset)."""
+    ds = ctx.train_dataset if dataset is None else dataset
     prompts = [t.format(c) for c in ds.classnames for t in ds.templates]
     emb = F.normalize(ctx.model.encode_text(prompts).float(), dim=-1)
     return emb.reshape(len(ds.classnames), len(ds.templates), -1).to(ctx.device)
-
-
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch: image i's positive is text i, every other text is a negative."""
-    logits = scale * F.normalize(image_features.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
-    target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 @register
@@ -42,8 +55,12 @@ class FLYP(Method):
 
     Deviations from FLYP, forced by the protocol: the text tower stays frozen (FLYP trains both towers), so the class
     prompts' embeddings are fixed; and the loop always adds the head's cross-entropy, so this is CE + CLIP loss, not
-    the CLIP loss alone. As in FLYP, images of the same class in a batch count as negatives of each other's prompt.
-    The logit scale is learned (init: the model's, no weight decay, capped at 100 like CLIP).
+    the CLIP loss alone. Unlike FLYP's code, which counts the prompts of the other images of the same class in a batch
+    as negatives (false negatives: with a few classes and batches of 64 most of a row's "negatives" name the image's
+    own class), every same-class (image, prompt) pair of the batch is a positive, as in UniCL (Yang et al. 2022):
+    the target of each row and column is uniform over its same-class pairs (``caption_aware_clip_loss``, which the
+    mini CLIP's pre-training uses for its repeated captions). The logit scale is learned (init: the model's, no
+    weight decay, capped at 100 like CLIP).
     """
 
     name = "flyp"
@@ -63,4 +80,7 @@ class FLYP(Method):
         template = torch.randint(self.text.shape[1], (len(labels),), generator=self._gen).to(labels.device)
         with torch.autocast(batch.features.device.type, enabled=False):
             scale = self.log_scale.exp().clamp(max=100.0)
-            return self.params["weight"] * clip_loss(batch.features, self.text[labels, template], scale)
+            same_class = labels[:, None] == labels[None, :]
+            return self.params["weight"] * caption_aware_clip_loss(
+                F.normalize(batch.features.float(), dim=-1), F.normalize(self.text[labels, template], dim=-1), scale,
+                same_class)

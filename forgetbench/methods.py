@@ -17,6 +17,7 @@ never see the training loop, so any method runs under the same protocol.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import importlib.util
 import pkgutil
@@ -24,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -223,6 +224,33 @@ def _load_baselines() -> None:
 
 
 METHODS.add_loader(_load_baselines)
+
+
+class MethodSource(NamedTuple):
+    """The file that defines a method class: where it is, its text, and the sha256 of its bytes."""
+
+    path: Path
+    text: str
+    sha256: str
+
+
+def method_source(cls: type[Method]) -> MethodSource:
+    """The source file that defines ``cls`` (a baseline's file in ``baselines/``, a user's ``.py`` file, an installed
+    plug-in's module file), read now. Records carry its sha256 so that a record made with other code of the method is
+    detectable; a submission can carry its text. Helpers the class imports from other files are not included (a
+    method subclassing another is hashed by its own file only). A class without a readable source file (one defined
+    interactively) is a one-line SpecError."""
+    module = sys.modules.get(cls.__module__)
+    file = getattr(module, "__file__", None)
+    if not file or not Path(file).is_file():
+        raise SpecError(f"method {cls.name or cls.__name__!r}: its class has no source file (it was defined in "
+                        f"module {cls.__module__!r}); define it in a .py file")
+    data = Path(file).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"method {cls.name or cls.__name__!r}: its source file {file} is not UTF-8 ({e})") from None
+    return MethodSource(Path(file), text, hashlib.sha256(data).hexdigest())
 
 
 def get_method(name_or_path: str) -> type[Method]:

@@ -15,7 +15,7 @@ import torch
 from . import distributed, provenance
 from .checkpoint import Checkpointer, discard
 from .errors import DataError, ForgetbenchError, ResourceError
-from .methods import Method, get_method
+from .methods import Method, get_method, method_source
 from .protocol import protocol_for
 from .records import MethodRef, ModelRef, ResultStore, RunRecord, TaskRef, Timings, run_id
 from .train import OutOfMemoryError, TrainOptions
@@ -57,6 +57,14 @@ class RunRequest:
         """A fresh instance of the method (hooks keep per-fine-tune state)."""
         return self.method(**self.params)
 
+    def method_sha256(self) -> str | None:
+        """The hash of the method's source file, or None (recorded as unknown) when it has none to read."""
+        try:
+            return method_source(self.method).sha256
+        except ForgetbenchError as e:
+            warnings.warn(f"{e}: its records cannot be checked for staleness")
+            return None
+
     def checkpointer(self, steps: int) -> Checkpointer | None:
         """The run's checkpointer for a fine-tune of ``steps`` steps, when checkpoints were asked for."""
         if self.checkpoint_path is None or not self.checkpoint_every or not steps:
@@ -73,7 +81,8 @@ class RunRequest:
         return dict(
             run_id=self.run_id,
             task=TaskRef(name=self.task.name, version=self.task.version, spec=self.task.to_dict()),
-            method=MethodRef(name=self.method.name, params=self.params, citation=citation, state=state),
+            method=MethodRef(name=self.method.name, params=self.params, citation=citation, state=state,
+                             source_sha256=self.method_sha256()),
             seed=self.seed,
             model=ModelRef(name=self.task.model, weights_sha256=reference.weights_hash, notes=model_notes),
             training=training,

@@ -46,6 +46,43 @@ def test_ewc_penalty_is_zero_at_the_start_and_the_fisher_weighted_distance_after
     assert method.loss(ctx, make_batch(ctx)).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def _fisher(text: bool, labels_seed: int):
+    """EWC's Fisher with the fine-tune training labels shuffled by ``labels_seed`` (images unchanged)."""
+    dataset = tiny_dataset((6, 6, 6))
+    split = dataset.split("train")
+    split.labels = np.random.default_rng(labels_seed).permutation(split.labels)
+    ctx = make_ctx(dataset=dataset, text=text)
+    torch.manual_seed(0)  # the run's seed
+    method = EWC(fisher_samples=8)
+    method.setup(ctx)
+    return method.fisher
+
+
+@pytest.mark.parametrize("text", [True, False])
+def test_ewc_fisher_does_not_depend_on_the_fine_tune_labels(text):
+    """With a text tower: the pre-training (image-to-caption) objective on reference scenes; without: the initial
+    head's own predicted labels. Either way, relabelling the fine-tune images changes nothing."""
+    a, b = _fisher(text, 1), _fisher(text, 2)
+    assert any(f.sum() > 0 for f in a)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+def test_ewc_fisher_of_a_clip_model_is_the_caption_likelihood_on_reference_scenes():
+    from forgetbench.baselines.ewc import caption_samples
+
+    ctx = make_ctx(dataset=tiny_dataset())
+    head, samples = caption_samples(ctx, 6, "mini-world", 1)
+    torch.manual_seed(0)
+    method = EWC(fisher_samples=6)
+    method.setup(ctx)
+    params = [p for p in ctx.student.parameters() if p.requires_grad]
+    expected = fisher_diagonal(ctx.student, head, samples, params)
+    for x, y in zip(method.fisher, expected):
+        assert torch.allclose(x, y)
+    assert head.out_features <= 6 and all(0 <= y < head.out_features for _, y in samples)
+
+
 def test_average_logit_gap_by_hand():
     logits = np.array([[5.0, 1.0, 3.0, -1.0, 0.0],
                        [2.0, 4.0, 0.0, 1.0, -3.0]])

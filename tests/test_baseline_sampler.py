@@ -75,11 +75,35 @@ def test_small_shot_classes_and_too_few_classes_keep_the_batch_size():
         ClassBalancedBatchSampler(labels, 2, 0)
 
 
+@pytest.mark.parametrize("n_classes, m", [(2, 2), (3, 2), (4, 2), (5, 3), (10, 5), (100, 16)])
+def test_fda_batches_hold_fewer_classes_than_the_dataset(n_classes, m):
+    """The automatic m: half the classes (at least 2, at most the paper's 16), n = batch_size // m."""
+    labels = np.repeat(np.arange(n_classes), 40)
+    method = FDA()
+    method._class_similarity = grouped_similarity(n_classes, max(1, n_classes // 2))
+    sampler = method.batch_sampler(None, labels, batch_size=64, seed=0)
+    assert (sampler.m, sampler.n) == (m, 64 // m)
+    for b in sampler:
+        assert len(set(labels[b].tolist())) == m
+        if n_classes >= 3:
+            assert m < n_classes
+
+
+def test_fda_mining_picks_the_most_similar_class_on_a_three_class_target():
+    labels = np.repeat(np.arange(3), 100)
+    sim = np.array([[1.0, 0.9, 0.1], [0.9, 1.0, 0.1], [0.1, 0.1, 1.0]])  # 0 and 1 alike, 2 apart
+    method = FDA()
+    method._class_similarity = sim
+    pairs = Counter(tuple(sorted(set(labels[b].tolist()))) for b in method.batch_sampler(None, labels, 64, seed=0))
+    # batches seeded by 0 or 1 hold {0, 1}; those seeded by 2 hold 2 and its nearer class, at temperature 0.1 either
+    assert pairs[(0, 1)] >= 2 * max(pairs[(0, 2)], pairs[(1, 2)])
+
+
 def test_fda_hook_builds_balanced_batches_from_reference_features(cache):
     ctx = make_ctx(dataset=tiny_dataset((6, 6, 6, 6)), n_classes=4)
     method = FDA(n=2)
     sampler = method.batch_sampler(ctx, ctx.train_dataset.labels("train"), batch_size=4, seed=0)
-    assert sampler.m == 2 and sampler.hard_mining  # m = batch_size // n
+    assert sampler.m == 2 and sampler.hard_mining  # half the 4 classes
     assert method.class_similarity(ctx).shape == (4, 4)
     assert all(len(b) == 4 for b in sampler)
     assert FDA(balanced=False).batch_sampler(ctx, ctx.train_dataset.labels("train"), 4, 0) is None

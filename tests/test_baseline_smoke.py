@@ -18,7 +18,7 @@ from pipeline_helpers import tiny_task
 from test_baselines import single_thread  # noqa: F401  (fixture)
 
 #: Smaller settings for the methods whose setup alone would take seconds at their defaults (not a list of methods).
-CHEAP = {"ewc": {"fisher_samples": 4}, "zscl": {"n_ref": 8, "ref_batch": 4, "avg_freq": 1}}
+CHEAP = {"ewc": {"fisher_samples": 4}, "zscl": {"n_ref": 8, "ref_batch": 4, "snapshots": 3}}
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,8 @@ import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from forgetbench.baselines.aft import AFT, aft_distance  # noqa: E402
-from forgetbench.baselines.fda import FDA, SigmoidScale, knn_order, pair_weights, sigmoid_alignment  # noqa: E402
+from forgetbench.baselines.fda import (FDA, SigmoidScale, knn_boundary, knn_order, pair_weights,  # noqa: E402
+                                      sigmoid_alignment)
 from forgetbench.baselines.feature_l2 import FeatureL2, feature_l2  # noqa: E402
 from forgetbench.baselines.lwf import LwF, distillation_kl  # noqa: E402
 from forgetbench.baselines.proxy_fda import ProxyFDA, ProxyGenerator, proxy_counts  # noqa: E402
@@ -208,10 +209,57 @@ def test_fda_prefers_the_reference_structure_and_gradient_steps_recover_it():
 
 def test_fda_setup_returns_learnable_temperature_and_bias():
     method = FDA()
-    groups = method.setup(make_ctx())
+    groups = method.setup(make_ctx())  # no training data: SigLIP's initial bias
     params = groups[0]["params"]
     assert len(params) == 2 and all(p.requires_grad for p in params)
     assert method.scale.log_t.exp().item() == pytest.approx(10.0) and method.scale.bias.item() == -10.0
+
+
+def test_knn_boundary_by_hand():
+    # anchor 0's frozen cosines to 1, 2, 3: 0.9, 0.5, 0.1; with K = 1 its boundary is (0.9 + 0.5) / 2
+    cos = torch.tensor([[1.0, 0.9, 0.5, 0.1], [0.9, 1.0, 0.3, 0.2], [0.5, 0.3, 1.0, 0.7], [0.1, 0.2, 0.7, 1.0]])
+    order = cos.masked_fill(torch.eye(4, dtype=torch.bool), -2.0).argsort(1, descending=True)[:, :-1]
+    expected = np.mean([(0.9 + 0.5) / 2, (0.9 + 0.3) / 2, (0.7 + 0.5) / 2, (0.7 + 0.2) / 2])
+    assert knn_boundary(cos, order, 1) == pytest.approx(expected)
+    assert knn_boundary(cos, order, 3) == pytest.approx(np.mean([0.1, 0.2, 0.3, 0.1]))  # all are neighbours
+
+
+def test_fda_bias_starts_at_the_frozen_knn_boundary_of_the_training_batches(cache):
+    ctx = make_ctx(dataset=tiny_dataset((8, 8, 8, 8)), n_classes=4)
+    ctx.task.train = SimpleNamespace(batch_size=16)
+    method = FDA(k=3)
+    method.setup(ctx)
+    from forgetbench.features import cached_extract
+
+    feats, labels = cached_extract(ctx.frozen, ctx.model, ctx.train_dataset, "train", "cpu")
+    batches = list(method.batch_sampler(ctx, labels, 16, seed=0))
+    expected = np.mean([knn_boundary(*knn_order(torch.from_numpy(feats[b])), 3) for b in batches])
+    assert method.scale.bias.item() == pytest.approx(-10.0 * expected, rel=1e-5)
+    method = FDA(k=3, bias_init="siglip")
+    method.setup(ctx)
+    assert method.scale.bias.item() == -10.0
+
+
+def _negative_share(bias: float) -> float:
+    """||gradient of the FDA loss from its non-neighbour pairs|| / ||... from its neighbour pairs||, at the start
+    (student = frozen features)."""
+    ref = clustered(32, 8, clusters=4, spread=0.6)
+    cos, order = knn_order(ref)
+    weights = pair_weights(cos, order, 5, "uniform")
+    scale = SigmoidScale(math.log(10.0), bias)
+    norms = []
+    for part in (weights.clamp_max(0.0), weights.clamp_min(0.0)):
+        student = ref.clone().requires_grad_(True)
+        norms.append(torch.autograd.grad(sigmoid_alignment(student, part, scale), student)[0].norm().item())
+    return norms[0] / norms[1]
+
+
+def test_fda_negatives_count_with_the_bias_at_the_knn_boundary_and_not_with_siglips():
+    ref = clustered(32, 8, clusters=4, spread=0.6)
+    boundary = knn_boundary(*knn_order(ref), 5)
+    at_boundary, siglip = _negative_share(-10.0 * boundary), _negative_share(-10.0)
+    assert at_boundary > 1.0  # the 26 non-neighbours push at least as hard as the 5 neighbours pull
+    assert siglip < 0.15 and at_boundary > 10 * siglip  # SigLIP's bias (boundary at cosine 1): negatives barely count
 
 
 def test_proxy_counts_and_generator_mixes():
@@ -317,8 +365,8 @@ def test_check_params_rejects_undeclared_and_ill_formed_hyper_parameters():
         get_method("fda")(lamda=2.0)
     with pytest.raises(SpecError, match="negative_weight.*expected one of distance, uniform, got 'hard'"):
         get_method("proxy-fda")(negative_weight="hard")
-    with pytest.raises(SpecError, match="'avg_freq': expected an integer >= 1, got 1.5"):
-        get_method("zscl")(avg_freq=1.5)
+    with pytest.raises(SpecError, match="'snapshots': expected an integer >= 2, got 1.5"):
+        get_method("zscl")(snapshots=1.5)
     with pytest.raises(SpecError, match="'k': expected an integer >= 1, got 0"):  # the range, declared
         get_method("fda")(k=0)
     with pytest.raises(SpecError, match=r"'alpha': expected a number in \[0, 1\], got 1.5"):

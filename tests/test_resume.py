@@ -132,7 +132,7 @@ def crashing(base: str) -> str:
 
 @pytest.mark.parametrize("base, params", [
     ("proxy-fda", {}),  # a learned generator module with its own optimiser group
-    ("zscl", {"n_ref": 48, "ref_batch": 16, "avg_freq": 2}),  # running weight averages, a cursor, a permutation
+    ("zscl", {"n_ref": 48, "ref_batch": 16, "snapshots": 3}),  # running weight averages, a cursor, a permutation
 ])
 def test_resume_restores_the_methods_own_state(tmp_path, base, params):
     name = crashing(base)

@@ -158,6 +158,10 @@ def gain_not_its_parts(r):
     r["metrics"]["target"]["gain"] = 3.0
 
 
+def reference_not_the_better_head(r):  # the gain is measured against max(zero-shot, linear probe)
+    r["metrics"]["target"].update(zs_reference=52.5, lp_reference=60.0)
+
+
 def accuracy_out_of_range(r):
     r["metrics"]["heldout"]["mini/colours"].update(lp=101.0, delta_lp=101.0 - 60.0)
 
@@ -188,6 +192,8 @@ def wrong_datasets(r):
     (delta_not_its_parts, "metrics.heldout.mini/colours.delta_lp", "but lp - lp_reference ="),
     (summary_not_its_parts, "metrics.summary.delta_lp_mean", "but the held-out datasets give"),
     (gain_not_its_parts, "metrics.target.gain", "but acc - acc_reference = 17.5"),
+    (reference_not_the_better_head, "metrics.target.acc_reference",
+     "is 52.5 but max(zs_reference, lp_reference) = 60.0"),
     (accuracy_out_of_range, "metrics.heldout.mini/colours.lp", "expected a number in [0, 100]"),
     (negative_drift, "metrics.heldout.mini/colours.drift.l2", "expected a number in [-1e-06, 4.0]"),
     (unknown_field, "extra", "is not a field of forgetbench.result/1"),

@@ -21,12 +21,12 @@ from ..features import extract
 from ..heads import head_accuracy, initial_head
 from ..methods import FinetuneContext
 from ..models.weights_io import save_atomic
-from ..evaluate.heldout import PERCENT, POINTS, difference
+from ..evaluate.heldout import CONSISTENCY_TOL, PERCENT, POINTS, difference
 from ..records.base import RunRecord
 from ..evaluate.heldout import Checkpoint, HeldoutMetrics, summarize_heldout, summary_problems
 from ..report.board import Board, Column, build_board
 from ..report.plots import plot_correlation, plot_trajectories
-from ..schema import ListOf, MapOf, Number, Problems, Section, Text, entry, extras, from_json, to_json
+from ..schema import join, ListOf, MapOf, Number, Problems, Section, Text, entry, extras, from_json, to_json
 from ..train import finetune, total_steps
 from ..protocol import Protocol, register_protocol
 
@@ -35,17 +35,28 @@ VISUAL_FORMAT = "forgetbench.visual/1"  # metadata of a saved fine-tuned encoder
 
 @dataclass(frozen=True, kw_only=True)
 class TargetMetrics:
-    """The fine-tuned encoder and head on the target's test split, and the pre-trained model there (zero-shot, or
-    its linear probe without a text tower)."""
+    """The fine-tuned encoder and head on the target's test split, and the pre-trained model there.
+
+    ``acc_reference`` is the better of the pre-trained model's zero-shot accuracy and its linear probe
+    (``zs_reference``, ``lp_reference``), so ``gain`` is what fine-tuning adds over the best a frozen model gives,
+    whatever head a method starts from. Records written before these two fields existed measured ``acc_reference``
+    as zero-shot (the linear probe without a text tower); they stay readable as they are.
+    """
 
     dataset: str = entry(Text())
     acc: float = entry(PERCENT)
     acc_reference: float = entry(PERCENT)
     gain: float = entry(POINTS)
+    zs_reference: float | None = entry(PERCENT, None, omit_if_none=True)  # absent without a text tower
+    lp_reference: float | None = entry(PERCENT, None, omit_if_none=True)
     extra: Mapping[str, Any] = extras()
 
     def check_fields(self, path: str, problems: Problems) -> None:
         difference(problems, path, self, "gain", "acc", "acc_reference")
+        parts = [v for v in (self.zs_reference, self.lp_reference) if v is not None]
+        if parts and abs(self.acc_reference - max(parts)) > CONSISTENCY_TOL:
+            problems.add(join(path, "acc_reference"),
+                         f"is {self.acc_reference!r} but max(zs_reference, lp_reference) = {max(parts)!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,11 +254,12 @@ class FinetuneProtocol(Protocol):
                        desc=f"features {target.name}:{test_split} (tuned)")
         acc = head_accuracy(ctx.head, *test, reference.device)
         on_reference = evaluation.reference_accuracies(target)
-        acc_reference = on_reference.get("zs", on_reference["lp"])
+        acc_reference = max(on_reference.values())  # the better frozen head: zero-shot or linear probe
         heldout = evaluation.heldout(ctx.student, datasets, seed)
         drift = encoder_weight_drift(reference.model.visual, ctx.student)
         return self.metrics(ctx, evaluation, target, test, dict(
-            target=TargetMetrics(dataset=target.name, acc=acc, acc_reference=acc_reference, gain=acc - acc_reference),
+            target=TargetMetrics(dataset=target.name, acc=acc, acc_reference=acc_reference, gain=acc - acc_reference,
+                                 zs_reference=on_reference.get("zs"), lp_reference=on_reference.get("lp")),
             heldout=heldout, summary=summarize_heldout(heldout, weight_drift=drift)))
 
     def metrics(self, ctx: FinetuneContext, evaluation: Evaluation, target: Any, test: Any,

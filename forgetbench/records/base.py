@@ -58,6 +58,9 @@ class MethodRef:
     name: str = entry(Text())
     params: Mapping[str, Any] = entry(Any_(mapping=True))
     citation: str | None = entry(Nullable(Text("a non-empty string (the paper or URL)")), None, key="reference")
+    # sha256 of the file that defines the method (``forgetbench.methods.method_source``); absent in older records
+    source_sha256: str | None = entry(Text("64 lowercase hex characters", pattern=re.compile("[0-9a-f]{64}")), None,
+                                      omit_if_none=True)
     state: Mapping[str, Any] | None = entry(Any_(mapping=True), None, omit_if_none=True)  # scalars a method reports
     extra: Mapping[str, Any] = extras()
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Sequence
 
-from ..methods import METHODS
+from ..errors import ForgetbenchError, SpecError
+from ..methods import METHODS, method_source
 
 FEW_SEEDS = "†"  # marks a row with fewer seeds than its task requires
+STALE = "‡"  # marks a row with records made by other code of its method than the method's file holds now
 #: The leading columns of every board, with the names they go by in the HTML page's ``#sort=`` links.
 LEADING = {"Rank": "rank", "Method": "method", "Params": "params", "Seeds": "seeds"}
 
@@ -45,6 +49,9 @@ class Board:
     citations: list[tuple[str, str]]  # (method, its citation)
     required_seeds: int | None  # seeds the task file asks for; rows with fewer are marked
     keys: dict[str, str]  # column title -> its ``#sort=`` name, where it is not the slugged title
+    stale: list[str] = field(default_factory=list)  # "method (params)" of the rows marked STALE
+    unknown_code: int = 0  # records without a method code hash (older than the field)
+    n_records: int = 0
 
     @property
     def few_seeds_note(self) -> str | None:
@@ -52,6 +59,19 @@ class Board:
             return None
         return (f"{FEW_SEEDS} fewer seeds than the task's {self.required_seeds} (its `seeds`): the mean is less certain "
                 "and the rank not comparable.")
+
+    @property
+    def code_note(self) -> str | None:
+        """Which rows are stale (made with other method code than today's), and how many records cannot tell."""
+        parts = []
+        if self.stale:
+            parts.append(f"{STALE} stale: made with other code of the method than its file holds now (the records' "
+                         f"`method.source_sha256` differs): {', '.join(self.stale)}; re-run them (`--force`) before "
+                         f"comparing them with the rest.")
+        if self.unknown_code:
+            parts.append(f"{self.unknown_code} of {self.n_records} records carry no method code hash (written before "
+                         f"records had one): whether their code is current is unknown.")
+        return " ".join(parts) or None
 
 
 # ------------------------------------------------------------------------------------------------- number helpers
@@ -103,19 +123,50 @@ def required_seeds(records: list) -> int | None:
     return max(counts) if counts else None
 
 
+@lru_cache(maxsize=None)
+def current_source_sha256(method: str) -> str | None:
+    """The sha256 of a registered method's source file as it is now; None when it is not registered here."""
+    if method not in METHODS:
+        return None
+    try:
+        return method_source(METHODS.get(method)).sha256
+    except ForgetbenchError:
+        return None
+
+
+def is_stale(record: Any) -> bool:
+    """Made with other code of its method than the method's file holds now (unknown hashes are not stale)."""
+    now = current_source_sha256(record.method.name)
+    return record.method.source_sha256 is not None and now is not None and record.method.source_sha256 != now
+
+
+def check_one_weights(task: str, version: int, records: list) -> None:
+    """One task version's records must start from the same pre-trained weights: mixed ones are refused."""
+    hashes = Counter(r.model.weights_sha256 for r in records if r.model.weights_sha256)
+    if len(hashes) > 1:
+        found = ", ".join(f"{h[:12]} in {n} records" for h, n in sorted(hashes.items()))
+        raise SpecError(f"task {task!r} version {version} mixes records made from different pre-trained weights "
+                        f"(model.weights_sha256 {found}); re-run the stale ones (`--force`) or remove them")
+
+
 def build_board(task: str, version: int, records: list, older: str | None, note: str, columns: list[Column],
                 rank_by: str) -> Board:
     """Rows per (method, params), cells over seeds, ranked by the mean of column ``rank_by`` (highest first; rows
-    without it last; equal means share a rank)."""
+    without it last; equal means share a rank). Records of other pre-trained weights than the rest are refused;
+    rows made with other method code than today's are marked ``STALE``."""
+    check_one_weights(task, version, records)
     required = required_seeds(records)
     groups: dict[tuple[str, str], list] = {}
     for rec in records:
         groups.setdefault((rec.method.name, format_params(dict(rec.method.params), rec.method.name)), []).append(rec)
     shown = [c for c in columns if not c.optional or any(c.value(r) is not None for r in records)]
-    rows = []
+    rows, stale = [], []
     for (method, params), recs in sorted(groups.items()):
         n = len({r.seed for r in recs})
-        cells: dict[str, Any] = {"Method": method, "Params": params,
+        if any(map(is_stale, recs)):
+            stale.append(f"{method} ({params})" if params else method)
+        cells: dict[str, Any] = {"Method": f"{method} {STALE}" if any(map(is_stale, recs)) else method,
+                                 "Params": params,
                                  "Seeds": f"{n} {FEW_SEEDS}" if required is not None and n < required else str(n)}
         sort: dict[str, Any] = {"Method": method, "Params": params, "Seeds": n}
         for column in shown:
@@ -135,4 +186,5 @@ def build_board(task: str, version: int, records: list, older: str | None, note:
     return Board(task=task, version=version, note=note, older=older, titles=titles,
                  rows=[{t: c[t] for t in titles} for c, _ in rows], sort_keys=[s for _, s in rows],
                  citations=citations, required_seeds=required,
-                 keys={**LEADING, **{c.title: c.key for c in shown if c.key}})
+                 keys={**LEADING, **{c.title: c.key for c in shown if c.key}}, stale=stale,
+                 unknown_code=sum(r.method.source_sha256 is None for r in records), n_records=len(records))

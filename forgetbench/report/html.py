@@ -220,6 +220,8 @@ def render_leaderboard_html(records: list, figures_dir: str | Path | None = None
                           row_classes=classes, table_id=f"board-{anchor}"))
         if board.few_seeds_note:
             body.append(f'<p class="note">{_inline_md(board.few_seeds_note)}</p>')
+        if board.code_note:
+            body.append(f'<p class="note">{_inline_md(board.code_note)}</p>')
         if board.citations:
             items = "".join(f"<li><strong>{esc(m)}</strong>: {esc(ref)}</li>" for m, ref in board.citations)
             body.append(f'<div class="refs">References:<ul>{items}</ul></div>')

@@ -80,6 +80,8 @@ def render_leaderboard(records: Iterable[RunRecord]) -> str:
         lines += ["", _markdown_table(board)]
         if board.few_seeds_note:
             lines += ["", board.few_seeds_note]
+        if board.code_note:
+            lines += ["", board.code_note]
         if board.citations:
             lines += ["", "References: " + "; ".join(f"{m}: {ref}" for m, ref in board.citations) + "."]
         parts.append("\n".join(lines) + "\n")
