@@ -13,20 +13,12 @@ from forgetbench.records import ResultStore
 from pipeline_helpers import tiny_task
 from test_submit import snapshot
 
-METHOD = '''
-import torch.nn.functional as F
+METHOD = (  # a method file a user writes (the README's example, under another name)
+    "import torch.nn.functional as F\nfrom forgetbench.methods import Method, Param, register\n\n\n"
+    "@register\nclass CosineDistillFile(Method):\n    name = 'cosine-distill-file'\n"
+    "    hyperparameters = {'beta': Param(1.0, ge=0)}\n\n    def loss(self, ctx, batch):\n"
+    "        return self.params['beta'] * (1 - F.cosine_similarity(batch.features, batch.frozen_features(ctx))).mean()\n")
 
-from forgetbench.methods import Method, Param, register
-
-
-@register
-class CosineDistillFile(Method):
-    name = "cosine-distill-file"
-    hyperparameters = {"beta": Param(1.0, ge=0)}
-
-    def loss(self, ctx, batch):
-        return self.params["beta"] * (1 - F.cosine_similarity(batch.features, batch.frozen_features(ctx))).mean()
-'''
 BROKEN = {
     "syntax-error": ("class Broken(Method)\n    name = 'x'\n", "syntax error"),
     "class-without-name": ("from forgetbench.methods import Method, register\n\n\n@register\nclass NoName(Method):\n"

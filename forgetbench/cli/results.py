@@ -54,7 +54,7 @@ def cmd_validate_results(args) -> int:
             status = 2
             continue
         runs = Counter(f"{r['task']['name']} v{r['task']['version']}" for _, r in sub.records)
-        stored = f"; {len(sub.already_stored)} already stored identically" if sub.already_stored else ""
+        stored = f"; {len(sub.already_stored)} already stored (agreeing)" if sub.already_stored else ""
         print(f"{path}: ok, {len(sub.records)} new record(s) ({', '.join(f'{t}: {n}' for t, n in sorted(runs.items())) or '-'})"
               f"{stored}")
     return status
@@ -107,7 +107,8 @@ def cmd_submit(args) -> int:
     if outcomes:
         print(f"{record_verified(args.results, outcomes)} run(s) marked verified in {args.results}/{VERIFIED_FILE}")
     if result.already_stored:
-        print(f"{len(result.already_stored)} record(s) were already stored identically; skipped")
+        print(f"{len(result.already_stored)} record(s) were already stored (agreeing within the reproducibility "
+              "tolerance); skipped")
     if result.added:
         print(f"regenerate the leaderboard with: forgetbench leaderboard --results {args.results}")
     return 0
