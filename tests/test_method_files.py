@@ -17,7 +17,8 @@ METHOD = (  # a method file a user writes (the README's example, under another n
     "import torch.nn.functional as F\nfrom forgetbench.methods import Method, Param, register\n\n\n"
     "@register\nclass CosineDistillFile(Method):\n    name = 'cosine-distill-file'\n"
     "    hyperparameters = {'beta': Param(1.0, ge=0)}\n\n    def loss(self, ctx, batch):\n"
-    "        return self.params['beta'] * (1 - F.cosine_similarity(batch.features, batch.frozen_features(ctx))).mean()\n")
+    "        cos = F.cosine_similarity(batch.features, batch.frozen_features(ctx))\n"
+    "        return self.params['beta'] * (1 - cos).mean()\n")
 
 BROKEN = {
     "syntax-error": ("class Broken(Method)\n    name = 'x'\n", "syntax error"),

@@ -19,7 +19,8 @@ from ..verify import VERIFIED_FILE, record_verified, verified_hashes
 def cmd_leaderboard(args) -> int:
     records = ResultStore(args.results).load()
     if args.out is None:
-        args.out = "leaderboard.md" if Path(args.results) == Path("results") else str(Path(args.results) / "leaderboard.md")
+        here = Path(args.results) == Path("results")  # the repository's: its committed leaderboard.md
+        args.out = "leaderboard.md" if here else str(Path(args.results) / "leaderboard.md")
     html = args.html or str(Path(args.out).with_suffix(".html"))
     figures = args.figures or str(Path(args.results) / "figures")
     verified = verified_hashes(args.results)  # the runs `submit --verify` re-ran: their rows are marked

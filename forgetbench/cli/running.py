@@ -41,7 +41,8 @@ def cmd_run(args) -> int:
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     print = builtins.print if main_process else (lambda *a, **k: None)
     print(f"task {task.name} v{task.version}: {protocol.describe(task)}; held out: "
-          f"{', '.join(task.evaluate.datasets) or 'none'}; methods {', '.join(c.name for c in classes)}; seeds {seeds}; "
+          f"{', '.join(task.evaluate.datasets) or 'none'}; methods {', '.join(c.name for c in classes)}; "
+          f"seeds {seeds}; "
           f"results -> {args.results}/")
     start = time.time()
     ours = []  # this command's records (new or already stored): its own summary table
