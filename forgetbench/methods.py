@@ -17,7 +17,6 @@ never see the training loop, so any method runs under the same protocol.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import importlib.util
 import pkgutil
@@ -211,10 +210,10 @@ def _import_file(path: Path) -> list[str]:
             spec.loader.exec_module(module)
         except SyntaxError as e:  # one line where the file is wrong, not a traceback through the importer
             _forget(module_name, before)
-            raise SpecError(f"method file {path}:{e.lineno}: syntax error: {e.msg}; nothing was run") from None
+            raise SpecError(f"method file {path}:{e.lineno}: syntax error: {e.msg}; no run was started") from None
         except Exception as e:  # a class without `name`, a failed import, ...: the file's own error, in one line
             _forget(module_name, before)
-            raise SpecError(f"method file {path} failed to load ({type(e).__name__}: {e}); nothing was run") from None
+            raise SpecError(f"method file {path} failed to load ({type(e).__name__}: {e}); no run was started") from None
         _FILE_METHODS[key] = sorted(set(METHODS._items) - before)
     return _FILE_METHODS[key]
 
@@ -224,18 +223,6 @@ def _forget(module_name: str, registered_before: set[str]) -> None:
     sys.modules.pop(module_name, None)
     for name in set(METHODS._items) - registered_before:
         del METHODS._items[name]
-
-
-def method_source(cls: type[Method]) -> tuple[Path, str, str]:
-    """(path, text, sha256 of its bytes) of the source file that defines a method class: its ``baselines/`` file,
-    the user's ``.py`` file or an installed module's file."""
-    module = sys.modules.get(cls.__module__)
-    file = getattr(module, "__file__", None)
-    if file is None:
-        raise SpecError(f"method {cls.name!r} has no source file (defined in {cls.__module__!r})")
-    path = Path(file)
-    data = path.read_bytes()
-    return path, data.decode("utf-8"), hashlib.sha256(data).hexdigest()
 
 
 def _load_baselines() -> None:
