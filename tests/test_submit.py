@@ -236,12 +236,12 @@ def _nudged(rec: dict, field: tuple, by: float) -> dict:
 
 def test_a_rerun_within_the_tolerance_is_the_same_run_and_a_point_is_not(tmp_path, results):
     """The README's flow: a record of a run already stored, from a rerun on another thread count (drift values move
-    by ~1e-7 relative, bench/reproducibility_noise.py), is "already stored", not a conflict; 0.1 point is refused,
+    by up to 4.6e-6 relative, bench/reproducibility_noise.py), is "already stored", not a conflict; 0.1 point is refused,
     naming the field, both values and the tolerance."""
     from forgetbench.records.agreement import TOLERANCE
 
     second = list(make_record(seed=0)["metrics"]["heldout"])[1]  # a dataset whose drift is not 0
-    rerun = _nudged(make_record(seed=0), ("metrics", "heldout", second, "drift", "otdd"), 1.6e-7)
+    rerun = _nudged(make_record(seed=0), ("metrics", "heldout", second, "drift", "otdd"), 4.6e-6)
     assert rerun != make_record(seed=0)
     result = submit(write_lines(tmp_path / "rerun.jsonl", [rerun, make_record(seed=1)]), results)
     assert result.already_stored == [rerun["run_id"]] and sum(result.added.values()) == 1

@@ -10,13 +10,15 @@ features, probe weights and drift estimates in their last digits. Two records of
 
 Timings, provenance and the training log are not measurements of the run and are not compared.
 
-Why these numbers (``python bench/reproducibility_noise.py``, ``mini-noise``, ``ft`` and ``ldifs``, seed 0, each
-run with its own empty cache): one torch/OpenMP thread against two moved no accuracy (every accuracy, and so every
-ΔLP and ΔZS, was bit-identical), the largest change was 1.6e-7 relative (absolute 1.1e-8) in a drift value, and
-the weight drift moved by 1.1e-9 relative; killing a run at its first checkpoint and resuming it moved nothing at
-all. ``RTOL`` is a hundred times the largest thread-count change seen, and ``ATOL`` covers values near zero. An
-accuracy moves by whole test images (0.1 point on 1,000 images), a hundred thousand times the tolerance, so a
-record that was changed, or made with other code, data or settings, does not agree.
+Why these numbers (``python bench/reproducibility_noise.py --methods ft``: ``mini-noise``, ``ft``, seed 0, each run
+in its own process with its own empty cache, on a loaded 2-core machine): one torch/OpenMP thread against two moved
+no accuracy (every accuracy, and so every ΔLP and ΔZS, was bit-identical); the drift estimates moved by up to
+4.6e-6 relative (OTDD; absolute 1.5e-6; L2 3.9e-6, kernel 1.9e-6 relative) and the weight drift by 8.7e-8 relative.
+A resumed run gives the same numbers as an uninterrupted one (``tests/test_resume.py`` holds it to equality; the
+issue that asked for this tolerance saw 1e-14 after a resume). ``RTOL`` is twenty times the largest thread-count
+change seen, ``ATOL`` covers values at or near zero. An accuracy moves by whole test images: 0.1 point on 1,000
+images is 1.25e-3 relative at 80%, twelve times ``RTOL``, so a record that was changed, or made with other code, data
+or settings, does not agree.
 """
 from __future__ import annotations
 
@@ -25,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 #: Relative tolerance of a measured number (see the module's docstring for the measurement behind it).
-RTOL = 1e-5
+RTOL = 1e-4
 #: Absolute tolerance, for numbers at or near zero (a ΔLP of exactly 0, a drift of 1e-9).
-ATOL = 1e-8
+ATOL = 1e-6
 #: The tolerance in words, for messages and documentation.
 TOLERANCE = f"|a - b| <= {ATOL:g} + {RTOL:g} * max(|a|, |b|)"
 
