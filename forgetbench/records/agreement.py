@@ -11,11 +11,11 @@ features, probe weights and drift estimates in their last digits. Two records of
 Timings, provenance and the training log are not measurements of the run and are not compared.
 
 Why these numbers (``python bench/reproducibility_noise.py --methods ft``: ``mini-noise``, ``ft``, seed 0, each run
-in its own process with its own empty cache, on a loaded 2-core machine): one torch/OpenMP thread against two moved
+in its own process with its own empty cache, on a loaded 2-core machine, 34 minutes for the three runs): one torch/OpenMP thread against two moved
 no accuracy (every accuracy, and so every ΔLP and ΔZS, was bit-identical); the drift estimates moved by up to
 4.6e-6 relative (OTDD; absolute 1.5e-6; L2 3.9e-6, kernel 1.9e-6 relative) and the weight drift by 8.7e-8 relative.
-A resumed run gives the same numbers as an uninterrupted one (``tests/test_resume.py`` holds it to equality; the
-issue that asked for this tolerance saw 1e-14 after a resume). ``RTOL`` is twenty times the largest thread-count
+Killing a run (SIGKILL) after its checkpoint of step 50 and running it again, which resumed it, gave numbers
+bit-identical to an uninterrupted run (the same bench; ``tests/test_resume.py`` holds it too). ``RTOL`` is twenty times the largest thread-count
 change seen, ``ATOL`` covers values at or near zero. An accuracy moves by whole test images: 0.1 point on 1,000
 images is 1.25e-3 relative at 80%, twelve times ``RTOL``, so a record that was changed, or made with other code, data
 or settings, does not agree.
