@@ -158,6 +158,7 @@ def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed:
         out(f"dry run INCOMPLETE: {len(methods)} method(s) stepped on random weights and images; NOT checked, "
             f"because missing here: {'; '.join(missing)}; no record written")
     else:
-        out(f"dry run ok: weights and the files of {sum(n in real.by_name() for n in names)} real dataset(s) found "
-            f"({len(names)} dataset(s) in all), {len(methods)} method(s) stepped; no record written")
+        out(f"dry run ok: {len(methods)} method(s) stepped; weights and the files of "
+            f"{sum(n in real.by_name() for n in names)} real dataset(s) found ({len(names)} dataset(s) in all); no "
+            f"record written")
 
