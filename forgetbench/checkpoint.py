@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import random
 import warnings
 from pathlib import Path
@@ -175,7 +176,9 @@ class Checkpointer:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated, foreign or unsafe content: start over rather than trust it
-            reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            # torch's own message for an unsafe pickle advises weights_only=False, the one thing not to do: not quoted
+            reason = "it needs Python objects other than tensors to unpickle; nothing in it was run" \
+                if isinstance(e, pickle.UnpicklingError) else " ".join(f"{type(e).__name__}: {e}".split())[:200]
             warnings.warn(f"{self.path}: unreadable checkpoint ignored, the run starts from step 0 ({reason})",
                           stacklevel=2)
             return None

@@ -14,6 +14,8 @@ import torch
 from safetensors.numpy import load_file, save
 from tqdm import tqdm
 
+from .progress import bar_disable
+
 from .atomic import atomic_write
 from .cache import cache_dir
 from .data.base import ImageDataset
@@ -59,7 +61,8 @@ def extract(visual: torch.nn.Module, model: Model, dataset: ImageDataset, split:
     feats, labels = [], []
     dl = loader(dataset.split(split), model.preprocess, EXTRACT_BATCH)
     # disable=None: progress bars on a terminal, none in logs and CI
-    for x, y in tqdm(dl, desc=desc or f"features {dataset.name}:{split}", unit="batch", leave=False, disable=None):
+    for x, y in tqdm(dl, desc=desc or f"features {dataset.name}:{split}", unit="batch", leave=False,
+                     disable=bar_disable()):
         feats.append(visual(x.to(device)).float().cpu())
         labels.append(y)
     visual.train(was_training)

@@ -207,9 +207,23 @@ def _import_file(path: Path) -> list[str]:
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as e:  # one line where the file is wrong, not a traceback through the importer
+            _forget(module_name, before)
+            raise SpecError(f"method file {path}:{e.lineno}: syntax error: {e.msg}; no run was started") from None
+        except Exception as e:  # a class without `name`, a failed import, ...: the file's own error, in one line
+            _forget(module_name, before)
+            raise SpecError(f"method file {path} failed to load ({type(e).__name__}: {e}); no run was started") from None
         _FILE_METHODS[key] = sorted(set(METHODS._items) - before)
     return _FILE_METHODS[key]
+
+
+def _forget(module_name: str, registered_before: set[str]) -> None:
+    """Undo a method file's partial import: its module and whatever it registered before failing."""
+    sys.modules.pop(module_name, None)
+    for name in set(METHODS._items) - registered_before:
+        del METHODS._items[name]
 
 
 def _load_baselines() -> None:

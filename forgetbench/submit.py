@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from .errors import SpecError
 from .records import ResultStore, record_problems
+from .records.agreement import agree, disagreements
 from .records.store import StoredMeanwhile
 
 #: Larger files are refused unread: a results file of thousands of runs is a few MiB.
@@ -69,7 +70,7 @@ class Submission:
     path: Path
     records: list[tuple[int, dict]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    already_stored: list[str] = field(default_factory=list)  # run ids stored before with identical content
+    already_stored: list[str] = field(default_factory=list)  # run ids stored before, agreeing (records.agreement)
 
     def problem(self, line: int | None, where: str, message: str) -> None:
         self.problems.append(Problem(str(self.path), line, where, message))
@@ -208,8 +209,9 @@ def read_submission(path: str | os.PathLike) -> Submission:
 def check_submission(path: str | os.PathLike, results: str | os.PathLike | None = None) -> Submission:
     """Read and check every record of a submission; with ``results``, also against the runs stored there.
 
-    A record whose run is already stored with identical content is kept aside (``Submission.records`` drops it and
-    ``already_stored`` lists it); one stored with different content is a problem: a run is recorded once.
+    A record whose run is already stored and agrees with it (``forgetbench.records.agreement``: every measured number
+    within the reproducibility tolerance) is kept aside (``Submission.records`` drops it and ``already_stored`` lists
+    it); one that disagrees is a problem naming the first field, both values and the tolerance.
     """
     sub = read_submission(path)
     seen: dict[str, int] = {}
@@ -240,12 +242,14 @@ def check_submission(path: str | os.PathLike, results: str | os.PathLike | None 
         old = stored[rec["task"]["name"]].get(rec["run_id"])
         if old is None:
             fresh.append((lineno, rec))
-        elif old[1] == rec:
+        elif not (differ := disagreements(rec, old[1])):  # the same run, reproduced: nothing to add
             sub.already_stored.append(rec["run_id"])
         else:
-            sub.problem(lineno, "run_id", f"run {rec['run_id']} ({rec['method']['name']}, seed {rec['seed']}) is "
-                                          f"already recorded in {store.path(rec['task']['name'])}:{old[0]} with other "
-                                          "numbers; a run is recorded once")
+            more = f" (and {len(differ) - 1} more field(s))" if len(differ) > 1 else ""
+            sub.problem(lineno, differ[0].field,
+                        f"run {rec['run_id']} ({rec['method']['name']}, seed {rec['seed']}) is already recorded in "
+                        f"{store.path(rec['task']['name'])}:{old[0]} and the two disagree: "
+                        f"{differ[0].describe('submitted', 'recorded')}{more}; a run is recorded once")
     sub.records = fresh
     return sub
 
@@ -264,8 +268,8 @@ def submit(path: str | os.PathLike, results: str | os.PathLike = "results") -> M
     for lineno, rec in sub.records:
         by_task.setdefault(rec["task"]["name"], []).append((lineno, rec))
     try:
-        added = ResultStore(results).merge(by_task)
+        added = ResultStore(results).merge(by_task, same_run=agree)  # a copy stored meanwhile is not a conflict
     except StoredMeanwhile as e:  # a concurrent run or submission stored it after the check
         raise SubmissionError([Problem(str(path), e.line, "run_id", f"run {e.run_id} was stored in {e.path} while "
                                                                     "this submission was being merged")]) from None
-    return MergeResult(added, sub.already_stored)
+    return MergeResult({p: n for p, n in added.items() if n}, sub.already_stored + added.already_stored)

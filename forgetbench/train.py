@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm import tqdm
+
+from .progress import bar_disable
 
 from . import distributed
 from .checkpoint import Checkpointer, capture, load_object_state, object_state, restore, rng_state, set_rng_state
@@ -211,10 +214,11 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
         load_object_state(method, resume["method"])
         restore(ctx.state, resume["ctx_state"])
         set_rng_state(resume["rng"])  # last: nothing above may draw from the restored streams
-        log.warning("resuming %s at step %d of %d from %s", method.name, step, n_steps,
-                    checkpointer.path if checkpointer else "a checkpoint")  # worth seeing: the run did not start over
+        if world.is_main:  # worth seeing, as a plain line: the run did not start over
+            tqdm.write(f"  resuming {method.name} at step {step} of {n_steps} from its checkpoint "
+                       f"{checkpointer.path if checkpointer else ''}".rstrip(), file=sys.stderr)
     bar = tqdm(total=n_steps, initial=step, desc=f"fine-tuning ({method.name})", unit="step", leave=False,
-               disable=None if progress and world.is_main else True)  # None: bars on a terminal only, never in logs
+               disable=bar_disable(progress and world.is_main))  # None: bars on a terminal only, never in logs
     while step < n_steps:
         if batches is None:
             batches, position = epoch_batches(method, ctx, labels, train_spec.batch_size, seed + epoch), 0

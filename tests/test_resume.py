@@ -210,3 +210,20 @@ def test_skipped_objects_are_not_saved():
     shared = nn.Linear(2, 2)
     tree = capture({"student": shared, "n": 3}, skip=lambda v: v is shared)
     assert restore({"student": shared, "n": 0}, tree) == {"student": shared, "n": 3}
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_torchs_advice(tmp_path, capsys):
+    """torch's message for it says to re-run with weights_only=False: the one advice a user must not follow."""
+    ckpt = Checkpointer(tmp_path / "c.pt", 1, {"run_id": "a" * 16, "steps": 5})
+    torch.save({"format": 1, "payload": _RunsCode()}, ckpt.path)
+    with pytest.warns(UserWarning) as warned:
+        assert ckpt.load() is None
+    (message,) = [str(w.message) for w in warned]
+    assert "unreadable checkpoint ignored" in message and "nothing in it was run" in message
+    assert "weights_only" not in message and "False" not in message
+    assert "this must never run" not in capsys.readouterr().out

@@ -223,10 +223,67 @@ def test_duplicates_within_the_file_and_against_stored_runs(tmp_path, results):
     other = make_record(seed=0)  # the stored run, with other numbers
     other["metrics"]["target"].update(acc=71.0, gain=71.0 - 52.5)
     sub = write_lines(tmp_path / "clash.jsonl", [other])
-    with pytest.raises(SubmissionError, match=re.escape(f"{sub}:1: run_id: ") + ".*already recorded in .*"
-                                              r"mini-shapes\.jsonl:1 with other numbers"):
+    with pytest.raises(SubmissionError, match=re.escape(f"{sub}:1: metrics.target.acc: ") + ".*already recorded in .*"
+                                              r"mini-shapes\.jsonl:1 and the two disagree: metrics\.target\.acc: 71\.0 "
+                                              r"\(submitted\) against 70\.0 \(recorded\); tolerance \|a - b\| <= "):
         submit(sub, results)
     assert snapshot(results) == state
+
+
+def _nudged(rec: dict, field: tuple, by: float) -> dict:
+    """The record with one number moved (relative ``by``) and its consistent summary kept as is."""
+    rec = json.loads(json.dumps(rec))
+    parent = rec
+    for k in field[:-1]:
+        parent = parent[k]
+    parent[field[-1]] *= 1 + by
+    return rec
+
+
+def test_a_rerun_within_the_tolerance_is_the_same_run_and_a_point_is_not(tmp_path, results):
+    """The README's flow: a record of a run already stored, from a rerun on another thread count (drift values move
+    by up to 4.6e-6 relative, bench/reproducibility_noise.py), is "already stored", not a conflict; 0.1 point is refused,
+    naming the field, both values and the tolerance."""
+    from forgetbench.records.agreement import TOLERANCE
+
+    second = list(make_record(seed=0)["metrics"]["heldout"])[1]  # a dataset whose drift is not 0
+    rerun = _nudged(make_record(seed=0), ("metrics", "heldout", second, "drift", "otdd"), 4.6e-6)
+    assert rerun != make_record(seed=0)
+    result = submit(write_lines(tmp_path / "rerun.jsonl", [rerun, make_record(seed=1)]), results)
+    assert result.already_stored == [rerun["run_id"]] and sum(result.added.values()) == 1
+    changed = make_record(seed=0)
+    changed["metrics"]["target"].update(acc=70.1, gain=70.1 - 52.5)  # consistent, 0.1 point more
+    sub = write_lines(tmp_path / "changed.jsonl", [changed])
+    state = snapshot(results)
+    with pytest.raises(SubmissionError) as refused:
+        submit(sub, results)
+    message = str(refused.value.problems[0])
+    assert "metrics.target.acc: 70.1 (submitted) against 70.0 (recorded)" in message and TOLERANCE in message
+    assert snapshot(results) == state
+
+
+def _submit_in_process(sub: str, results: str, barrier, codes) -> None:
+    barrier.wait()  # every process checks and merges at the same moment
+    codes.put(main(["submit", sub, "--results", results]))
+
+
+def test_the_same_file_submitted_by_several_processes_at_once(tmp_path, results):
+    """Each process gets the same exit code (0: the runs are stored once, whoever stored them), nothing is lost or
+    duplicated."""
+    import multiprocessing as mp
+
+    sub = write_lines(tmp_path / "sub.jsonl", [make_record(seed=s) for s in range(1, 5)])
+    ctx = mp.get_context("fork")
+    n = 4
+    barrier, codes = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_submit_in_process, args=(str(sub), str(results), barrier, codes)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [codes.get(timeout=5) for _ in range(n)] == [0] * n
+    stored = [r.to_json() for r in ResultStore(results).load("mini-shapes")]
+    assert stored == [make_record(seed=s) for s in range(5)]  # each run once, in order, none lost
 
 
 def test_truncated_json_is_refused(tmp_path, results):

@@ -52,6 +52,16 @@ def _add_execution_args(p: argparse.ArgumentParser, checkpoint_default: int | No
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
 
 
+def _add_verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample", type=int, default=1, metavar="N", help="records of costly (not mini) tasks to re-run, "
+                   "a seeded sample (default 1; mini tasks: all)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of that sample (default 0)")
+    p.add_argument("--method-file", action="append", default=[], metavar="PY", help="load a method not in "
+                   "baselines/ from this .py file to re-run its records (repeatable; it is code: only files you trust)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forgetbench", description="Measure concept forgetting of fine-tuned vision "
                                 "foundation models, and the methods that prevent it.")
@@ -66,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     r.add_argument("--force", action="store_true", help="rerun and replace runs that are already recorded")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
-    r.add_argument("--dry-run", action="store_true", help="resolve the task, build its model (random weights when "
-                   "its own are absent) and take one training step per method on fake data; writes nothing")
+    r.add_argument("--dry-run", action="store_true", help="check the task: its names, that its weights and datasets' "
+                   "files are here, build its model and take one training step per method on fake data; writes nothing")
+    r.add_argument("--allow-missing", action="store_true", help="with --dry-run: go on with random weights when the "
+                   "model's or a dataset's files are missing (the last line says what was not checked); default: fail "
+                   "with the list of what is missing")
     r.add_argument("--dry-run-batch", type=int, default=8, metavar="N", help="batch of the dry-run step (default 8)")
     _add_data_args(r)
     r.add_argument("--save-weights", action="store_true", help="also save each fine-tuned image encoder as "
@@ -111,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard.md and leaderboard.html from result records")
     lb.add_argument("--results", default="results", help="results directory (default results/)")
-    lb.add_argument("--out", default="leaderboard.md", help="output file (default leaderboard.md)")
+    lb.add_argument("--out", default=None, help="output file (default: leaderboard.md for the repository's "
+                    "results/, else RESULTS/leaderboard.md, so that another folder never overwrites the committed one)")
     lb.add_argument("--html", default=None, help="the same as one self-contained HTML page (default: --out with "
                     ".html, i.e. leaderboard.html)")
     lb.add_argument("--figures", default=None, help="PNG figures to embed in the page (default RESULTS/figures)")
@@ -161,7 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("submit", help="validate a result file and merge it into the results folder")
     sm.add_argument("file", help="result file (JSON lines, e.g. runs/<task>.jsonl)")
     sm.add_argument("--results", default="results", help="results folder to merge into (default results/)")
+    sm.add_argument("--verify", action="store_true", help="first re-run the records as `forgetbench verify` does: "
+                    "any disagreement refuses the file; the runs that agree are marked verified on the leaderboard")
+    _add_verify_args(sm)
     sm.set_defaults(handler="results:cmd_submit")
+
+    ve = sub.add_parser("verify", help="re-run a result file's records (all of mini tasks, a seeded sample of costly "
+                        "ones) and check they agree within the reproducibility tolerance; writes nothing")
+    ve.add_argument("file", help="result file (JSON lines)")
+    _add_verify_args(ve)
+    ve.set_defaults(handler="results:cmd_verify")
 
     au = sub.add_parser("audit", help="forgetting report of a fine-tuned checkpoint against its pre-trained model")
     au.add_argument("--reference", required=True, metavar="MODEL", help="the pre-trained model, by registered name "

@@ -11,15 +11,21 @@ from ..protocol import figure_protocol
 from ..records import ResultStore
 from ..report.html import write_leaderboard_html
 from ..report.leaderboard import write_leaderboard
+from ..records.agreement import TOLERANCE
 from ..submit import SubmissionError, check_submission, submit
+from ..verify import VERIFIED_FILE, record_verified, verified_hashes
 
 
 def cmd_leaderboard(args) -> int:
     records = ResultStore(args.results).load()
+    if args.out is None:
+        here = Path(args.results) == Path("results")  # the repository's: its committed leaderboard.md
+        args.out = "leaderboard.md" if here else str(Path(args.results) / "leaderboard.md")
     html = args.html or str(Path(args.out).with_suffix(".html"))
     figures = args.figures or str(Path(args.results) / "figures")
-    write_leaderboard(records, args.out)
-    write_leaderboard_html(records, html, figures)
+    verified = verified_hashes(args.results)  # the runs `submit --verify` re-ran: their rows are marked
+    write_leaderboard(records, args.out, verified)
+    write_leaderboard_html(records, html, figures, verified)
     print(f"wrote {args.out} and {html} (figures from {figures}/) from {len(records)} records in {args.results}/")
     return 0
 
@@ -49,13 +55,47 @@ def cmd_validate_results(args) -> int:
             status = 2
             continue
         runs = Counter(f"{r['task']['name']} v{r['task']['version']}" for _, r in sub.records)
-        stored = f"; {len(sub.already_stored)} already stored identically" if sub.already_stored else ""
+        stored = f"; {len(sub.already_stored)} already stored (agreeing)" if sub.already_stored else ""
         print(f"{path}: ok, {len(sub.records)} new record(s) ({', '.join(f'{t}: {n}' for t, n in sorted(runs.items())) or '-'})"
               f"{stored}")
     return status
 
 
+def _verify(args):
+    """The verification outcomes of ``args.file`` (``verify`` and ``submit --verify``), printed as they come."""
+    from ..methods import get_method
+    from ..progress import set_quiet
+    from ..verify import verify
+
+    if args.sample < 0:
+        raise SpecError(f"--sample must be >= 0, got {args.sample}")
+    for path in args.method_file:
+        if not path.endswith(".py"):
+            raise SpecError(f"--method-file {path}: expected a .py file")
+        get_method(path)
+    set_quiet(args.quiet)
+    outcomes = verify(args.file, sample=args.sample, seed=args.sample_seed, device=args.device,
+                      progress=not args.quiet)
+    counts = Counter(o.status for o in outcomes)
+    print(f"{args.file}: {counts['agrees']} agree, {counts['disagrees']} disagree, {counts['skipped']} skipped "
+          f"(tolerance {TOLERANCE})")
+    return outcomes
+
+
+def cmd_verify(args) -> int:
+    outcomes = _verify(args)
+    return 0 if outcomes and all(o.status == "agrees" for o in outcomes) else 1
+
+
 def cmd_submit(args) -> int:
+    outcomes = _verify(args) if args.verify else []
+    refused = [o for o in outcomes if o.status == "disagrees"]
+    if refused:
+        for o in refused:
+            print(f"{args.file}:{o.line}: {o.why}", file=sys.stderr)
+        print(f"forgetbench: error: {args.file}: refused ({len(refused)} record(s) disagree with their re-run); "
+              f"{args.results}/ is unchanged", file=sys.stderr)
+        return 2
     try:
         result = submit(args.file, args.results)
     except SubmissionError as e:
@@ -65,8 +105,11 @@ def cmd_submit(args) -> int:
         return e.exit_code
     for path, n in result.added.items():
         print(f"added {n} record(s) to {path}")
+    if outcomes:
+        print(f"{record_verified(args.results, outcomes)} run(s) marked verified in {args.results}/{VERIFIED_FILE}")
     if result.already_stored:
-        print(f"{len(result.already_stored)} record(s) were already stored identically; skipped")
+        print(f"{len(result.already_stored)} record(s) were already stored (agreeing within the reproducibility "
+              "tolerance); skipped")
     if result.added:
         print(f"regenerate the leaderboard with: forgetbench leaderboard --results {args.results}")
     return 0

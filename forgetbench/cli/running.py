@@ -12,11 +12,12 @@ from ..distributed import shutdown
 from ..dryrun import dry_run
 from ..errors import ForgetbenchError, SpecError
 from ..launchers import LocalLauncher, RunJob, SlurmLauncher
-from ..methods import METHODS
+from ..methods import METHODS, get_method
 from ..models import MODELS
+from ..progress import set_quiet
 from ..protocol import protocol_for
-from ..records import ResultStore
-from ..report.leaderboard import render_leaderboard
+from ..records import ResultStore, run_id
+from ..report.leaderboard import render_summary
 from ..run import requested_options, run_one, weights_path
 from ..sweep import expand, parse_grid, plan
 from ..tasks import check_names, load_task
@@ -26,12 +27,10 @@ from ..train import TrainOptions
 def cmd_run(args) -> int:
     task = load_task(args.task)
     methods = args.methods or list(task.methods)
-    check_names(task, DATASETS, MODELS, METHODS)
-    for m in methods:
-        if not m.endswith(".py"):
-            METHODS.get(m)
+    classes = load_methods(task, methods)  # every method and its params checked before the first fine-tune
+    set_quiet(args.quiet)
     if args.dry_run:
-        dry_run(task, methods, device=args.device or "cpu", batch=args.dry_run_batch)
+        dry_run(task, methods, device=args.device or "cpu", batch=args.dry_run_batch, allow_missing=args.allow_missing)
         return 0
     seeds = args.seeds if args.seeds is not None else list(task.seeds)
     store = ResultStore(args.results)
@@ -42,28 +41,48 @@ def cmd_run(args) -> int:
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     print = builtins.print if main_process else (lambda *a, **k: None)
     print(f"task {task.name} v{task.version}: {protocol.describe(task)}; held out: "
-          f"{', '.join(task.evaluate.datasets) or 'none'}; methods {', '.join(methods)}; seeds {seeds}; "
+          f"{', '.join(task.evaluate.datasets) or 'none'}; methods {', '.join(c.name for c in classes)}; "
+          f"seeds {seeds}; "
           f"results -> {args.results}/")
     start = time.time()
-    for method in methods:
+    ours = []  # this command's records (new or already stored): its own summary table
+    for method, cls in zip(methods, classes):
         for seed in seeds:
             t = time.time()
             record = run_one(task, method, seed, store, device=args.device, force=args.force,
                              progress=not args.quiet, options=options, checkpoint_every=args.checkpoint_every,
                              weights_dir=weights_dir)
             if record is None:
-                if main_process:
-                    print(f"  {method:>10} seed {seed}: already recorded, skipped (use --force to rerun)")
+                print(f"  {cls.name:>10} seed {seed}: already recorded, skipped (use --force to rerun)")
+                ours.append(stored_record(store, task, cls, seed))
                 continue
-            print(f"  {method:>10} seed {seed}: {protocol.summary_line(record)}  ({time.time() - t:.0f}s)")
+            ours.append(record)
+            print(f"  {cls.name:>10} seed {seed}: {protocol.summary_line(record)}  ({time.time() - t:.0f}s)")
             if weights_dir is not None:
                 saved = weights_path(weights_dir, task.name, record.method.name, seed, record.run_id)
                 print(f"  {'':>10} weights -> {saved}")
     print(f"done in {time.time() - start:.0f}s\n")
-    print(render_leaderboard(store.load(task.name)))
+    print(render_summary([r for r in ours if r is not None]))
+    print(f"\n(this command's runs only; the leaderboard of {args.results}/: forgetbench leaderboard --results "
+          f"{args.results})")
     if not main_process:
         shutdown()
     return 0
+
+
+def load_methods(task, methods: list[str]) -> list:
+    """Every method named (registered names and ``.py`` files), and the task's hyper-parameters of each, loaded and
+    checked before any work: a bad method file fails here, in one line, before anything is fine-tuned or written.
+    Method files load first, so that the task's ``method_params`` may name the methods they register."""
+    classes = [get_method(m) for m in methods]
+    check_names(task, DATASETS, MODELS, METHODS)  # with them, the task's method_params of every method
+    return classes
+
+
+def stored_record(store: ResultStore, task, cls, seed: int):
+    """The stored record of (task, method with the task's params, seed), or None."""
+    rid = run_id(task.name, task.version, cls.name, cls.check_params(task.params_for(cls.name)), seed)
+    return next((r for r in store.load(task.name) if r.run_id == rid), None)
 
 
 def _train_options(args):
@@ -84,8 +103,8 @@ def cmd_sweep(args) -> int:
     for module in args.imports:
         _import(module)
     task = load_task(args.task)
-    check_names(task, DATASETS, MODELS, METHODS)
     methods = args.methods or list(task.methods)
+    load_methods(task, methods)
     seeds = args.seeds if args.seeds is not None else list(task.seeds)
     options = vars(_train_options(args))
     runs = expand(task, methods, seeds, parse_grid(args.grid))

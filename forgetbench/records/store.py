@@ -14,7 +14,7 @@ import warnings
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..atomic import staged_writes
 from ..errors import SpecError
@@ -132,6 +132,15 @@ def _without_run(data: bytes, rid: str) -> bytes:
     return b"".join(kept)
 
 
+class Merged(dict):
+    """What ``ResultStore.merge`` did: results file -> records added, and ``already_stored``, the run ids skipped
+    because the same run's record was stored meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.already_stored: list[str] = []
+
+
 class ResultStore:
     """Records under ``root/<task-name>.jsonl`` (one JSON object per line); failures in ``root/failures.jsonl``."""
 
@@ -166,14 +175,18 @@ class ResultStore:
                 stage(path, _without_run(data, typed.run_id) + line)
             return True
 
-    def merge(self, records: Mapping[str, list[tuple[int, dict]]]) -> dict[Path, int]:
+    def merge(self, records: Mapping[str, list[tuple[int, dict]]],
+              same_run: Callable[[dict, dict], bool] | None = None) -> "Merged":
         """Append already checked records (``task -> [(line in their source, record)]``) all at once, or nothing.
 
         Every affected file is locked (the lock ``append`` takes), checked again for runs stored meanwhile
-        (``StoredMeanwhile``), written to a temporary file beside it and only then swapped in; on any error the
-        folder is left byte for byte as it was. Existing lines, even corrupt ones, are kept as they are.
+        (``StoredMeanwhile``, unless ``same_run(ours, stored)`` says the stored one is the same run's record: then
+        ours is skipped and listed in ``already_stored``), written to a temporary file beside it and only then swapped
+        in; on any error the folder is left byte for byte as it was. Existing lines, even corrupt ones, are kept.
+        Returns path -> records added.
         """
         by_path = {self.path(task): recs for task, recs in records.items() if recs}
+        merged = Merged()
         paths = sorted(by_path)  # one lock order for every merger: no deadlock between two merges
         created = [p for p in paths if not p.exists()]
         root_created = bool(paths) and not self.root.exists()
@@ -182,13 +195,22 @@ class ResultStore:
                 fds = {p: locks.enter_context(_locked_append_fd(p)) for p in paths}
                 for p in paths:
                     data = _read_all(fds[p])
-                    stored = {obj.get("run_id") for _, obj in parse_lines(data, p, warn=False)}
+                    stored = {obj.get("run_id"): obj for _, obj in parse_lines(data, p, warn=False)}
+                    fresh = []
                     for line, rec in by_path[p]:
-                        if rec["run_id"] in stored:  # a concurrent run or submission stored it after the check
+                        old = stored.get(rec["run_id"])
+                        if old is None:
+                            fresh.append((line, rec))
+                        elif same_run is not None and same_run(rec, old):  # e.g. the same file, submitted twice
+                            merged.already_stored.append(rec["run_id"])
+                        else:  # a concurrent run or submission stored it after the check
                             raise StoredMeanwhile(p, line, rec["run_id"])
+                    merged[p] = len(fresh)
+                    if not fresh:
+                        continue
                     if data and not data.endswith(b"\n"):
                         data += b"\n"  # a crashed writer's partial line stays, on its own line
-                    stage(p, data + b"".join(json_line(r, f"record on line {n}") for n, r in by_path[p]))
+                    stage(p, data + b"".join(json_line(r, f"record on line {n}") for n, r in fresh))
         except BaseException:
             for p in created:  # the lock created an empty file; a refused merge leaves no trace
                 if p.exists() and p.stat().st_size == 0:
@@ -196,7 +218,10 @@ class ResultStore:
             if root_created and self.root.exists() and not any(self.root.iterdir()):
                 self.root.rmdir()
             raise
-        return {p: len(by_path[p]) for p in paths}
+        for p in created:  # every run was there already: the empty file the lock made goes
+            if not merged.get(p) and p.exists() and p.stat().st_size == 0:
+                p.unlink()
+        return merged
 
     def write_failure(self, run_info: Mapping[str, Any], reason: str) -> None:
         """Append a failed run to ``failures.jsonl`` (never to a task file, so it is never taken as complete)."""

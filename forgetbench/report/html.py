@@ -11,7 +11,7 @@ import html
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 from ..atomic import atomic_write
 from .board import FEW_SEEDS
@@ -199,9 +199,10 @@ def _figures(figures_dir: Path | None) -> list[str]:
     return parts
 
 
-def render_leaderboard_html(records: list, figures_dir: str | Path | None = None) -> str:
+def render_leaderboard_html(records: list, figures_dir: str | Path | None = None,
+                            verified: Collection[tuple[str, str]] = ()) -> str:
     """The leaderboard as one HTML page: the same boards as ``leaderboard.md``, sortable, figures embedded."""
-    boards = leaderboard_boards(records)
+    boards = leaderboard_boards(records, verified)
     header = [line for line in HEADER.splitlines() if line.strip() and not line.startswith("<!--")]
     body = [f"<h1>{_inline_md(header[0].lstrip('#').strip())}</h1>"]
     body += [f'<p class="note">{_inline_md(line)}</p>' for line in header[1:]]
@@ -235,6 +236,7 @@ def render_leaderboard_html(records: list, figures_dir: str | Path | None = None
     return page("forgetbench leaderboard", "\n".join(body))
 
 
-def write_leaderboard_html(records: list, path: str | Path, figures_dir: str | Path | None = None) -> None:
+def write_leaderboard_html(records: list, path: str | Path, figures_dir: str | Path | None = None,
+                           verified: Collection[tuple[str, str]] = ()) -> None:
     """Render and write atomically."""
-    atomic_write(path, render_leaderboard_html(records, figures_dir))
+    atomic_write(path, render_leaderboard_html(records, figures_dir, verified))

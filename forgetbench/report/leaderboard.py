@@ -8,7 +8,7 @@ an unchanged ``results/`` gives the same bytes.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Collection, Iterable
 
 import pandas as pd
 
@@ -16,7 +16,10 @@ from ..atomic import atomic_write
 from ..errors import SpecError
 from ..protocol import protocol_of
 from ..records import RunRecord
-from .board import Board
+from ..verify import record_sha256
+from .board import FEW_SEEDS, Board, format_params
+
+VERIFIED = "✓"  # marks a row whose every run was re-run and agreed
 
 HEADER = (
     "# forgetbench leaderboard\n\n"
@@ -48,8 +51,9 @@ def _distinct(records: Iterable[RunRecord]) -> list[RunRecord]:
     return [by_id[k] for k in sorted(by_id)]
 
 
-def leaderboard_boards(records: Iterable[RunRecord]) -> list[Board]:
-    """One ``Board`` per task (latest version only), tasks in name order, each built by the records' protocol."""
+def leaderboard_boards(records: Iterable[RunRecord], verified: Collection[tuple[str, str]] = ()) -> list[Board]:
+    """One ``Board`` per task (latest version only), tasks in name order, each built by the records' protocol; a row
+    whose every run is in ``verified`` ((run id, record sha256), ``forgetbench.verify``) is marked."""
     recs = _distinct(records)
     boards = []
     for task in sorted({r.task.name for r in recs}):
@@ -63,31 +67,61 @@ def leaderboard_boards(records: Iterable[RunRecord]) -> list[Board]:
         if len(kinds) > 1:
             raise SpecError(f"task {task!r} version {latest} has records of {len(kinds)} kinds "
                             f"({', '.join(sorted(k.__name__ for k in kinds))}); one protocol runs one task")
-        boards.append(protocol_of(kinds.pop()).board(task, latest, current, older))
+        boards.append(_mark_verified(protocol_of(kinds.pop()).board(task, latest, current, older), current,
+                                     set(verified)))
     return boards
 
 
-def render_leaderboard(records: Iterable[RunRecord]) -> str:
-    """The Markdown leaderboard of (valid, typed) records."""
-    boards = leaderboard_boards(records)
+def _mark_verified(board: Board, records: list[RunRecord], verified: set[tuple[str, str]]) -> Board:
+    """``VERIFIED`` after the seed count of each row whose every run was re-run and agreed (and a note saying so)."""
+    rows: dict[tuple[str, str], list[bool]] = {}
+    for rec in records:
+        key = (rec.method.name, format_params(dict(rec.method.params), rec.method.name))  # the board's row key
+        rows.setdefault(key, []).append((rec.run_id, record_sha256(rec.to_json())) in verified)
+    marked = 0
+    for row in board.rows:
+        if all(rows.get((row["Method"], row["Params"]), [False])):
+            seeds, few = row["Seeds"].removesuffix(f" {FEW_SEEDS}"), row["Seeds"].endswith(FEW_SEEDS)
+            row["Seeds"] = f"{seeds} {VERIFIED}" + (f" {FEW_SEEDS}" if few else "")
+            marked += 1
+    if marked:
+        board.note += (f" {VERIFIED} after the seeds: every run of the row was re-run from its record "
+                       "(`forgetbench submit --verify`) and agreed within the reproducibility tolerance.")
+    return board
+
+
+def render_leaderboard(records: Iterable[RunRecord], verified: Collection[tuple[str, str]] = ()) -> str:
+    """The Markdown leaderboard of (valid, typed) records (``verified``: see ``leaderboard_boards``)."""
+    boards = leaderboard_boards(records, verified)
     parts = [HEADER]
     if not boards:
         parts.append("_No results yet._\n")
-    for board in boards:
-        lines = [f"## {board.task} (version {board.version})", "", board.note]
-        if board.older:
-            lines += ["", f"Older task versions, not ranked: {board.older}."]
-        lines += ["", _markdown_table(board)]
-        if board.few_seeds_note:
-            lines += ["", board.few_seeds_note]
-        if board.code_note:
-            lines += ["", board.code_note]
-        if board.citations:
-            lines += ["", "References: " + "; ".join(f"{m}: {ref}" for m, ref in board.citations) + "."]
-        parts.append("\n".join(lines) + "\n")
+    parts += [_render_board(board, notes=True) for board in boards]
     return "\n".join(parts)
 
 
-def write_leaderboard(records: Iterable[RunRecord], path: str | os.PathLike) -> None:
+def render_summary(records: Iterable[RunRecord]) -> str:
+    """The tables of some records (e.g. one ``forgetbench run``'s), without the leaderboard file's header and notes."""
+    return "\n".join(_render_board(board, notes=False) for board in leaderboard_boards(records)) or "(no records)"
+
+
+def _render_board(board: Board, notes: bool) -> str:
+    lines = [f"## {board.task} (version {board.version})", ""]
+    if notes:
+        lines += [board.note, ""]
+        if board.older:
+            lines += [f"Older task versions, not ranked: {board.older}.", ""]
+    lines += [_markdown_table(board)]
+    if board.few_seeds_note:
+        lines += ["", board.few_seeds_note]
+    if board.code_note:
+        lines += ["", board.code_note]
+    if notes and board.citations:
+        lines += ["", "References: " + "; ".join(f"{m}: {ref}" for m, ref in board.citations) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(records: Iterable[RunRecord], path: str | os.PathLike,
+                      verified: Collection[tuple[str, str]] = ()) -> None:
     """Render and write atomically."""
-    atomic_write(path, render_leaderboard(records))
+    atomic_write(path, render_leaderboard(records, verified))

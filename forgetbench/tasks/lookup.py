@@ -119,7 +119,9 @@ def check_names(spec: TaskSpec, datasets: Any, models: Any, methods: Any) -> Non
         try:
             registry.get(name)
         except UnknownNameError as e:
-            raise UnknownNameError(f"{spec.where(path)}: {path}: {e}") from e
+            hint = " (a method defined in a .py file is known once that file is loaded: name it in --methods)" \
+                if path.startswith("method_params") else ""
+            raise UnknownNameError(f"{spec.where(path)}: {path}: {e}{hint}") from e
     protocol.check_names(spec, datasets)
     for method in spec.method_params:
         check = getattr(methods.get(method), "check_params", None)
