@@ -217,7 +217,9 @@ def otdd(x_a: Any, y_a: Any, x_b: Any, y_b: Any, *, label_cost: str = "gaussian"
     ``entropic_reg`` is absolute, in cost units (microsoft/otdd's convention). On L2-normalised features (squared
     distances <= 4) the default 0.1 converges in tens of iterations; for raw features with large costs scale it with
     ``params["cost_scale"]``. Sinkhorn stops at an L1 marginal error below ``sinkhorn_tol`` or after
-    ``sinkhorn_max_iter`` iterations per problem, with a RuntimeWarning if it did not converge.
+    ``sinkhorn_max_iter`` iterations per problem, with a RuntimeWarning if it did not converge. Where plain Sinkhorn
+    stalls (clustered data at some regularisations), Sinkhorn-Newton steps finish the problem; their plan-vector
+    products count as iterations.
 
     ``max_samples``: evaluate on a seeded subsample of ``max_samples`` rows, using the SAME row indices on both sides
     (so x_a and x_b must then have the same length: the typical use compares two models' features of the same
