@@ -185,6 +185,35 @@ def test_sinkhorn_path_equals_debiased_divergence_from_pot_plans():
     assert res.params["sinkhorn_marginal_err"] < 1e-10
 
 
+def paired_clusters(n=48, d=8, classes=6, seed=0):
+    """Unit-norm class clusters and a slightly drifted copy of the same samples (a model before/after fine-tuning):
+    the kernel barely connects the clusters, so plain Sinkhorn stalls at some regularisations."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    ref = 0.15 * rng.standard_normal((classes, d))[y] + 0.05 * rng.standard_normal((n, d))
+    ft = ref + 0.03 * rng.standard_normal((n, d))
+    return ref / np.linalg.norm(ref, axis=1, keepdims=True), ft / np.linalg.norm(ft, axis=1, keepdims=True), y
+
+
+REG_GRID = [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0]
+
+
+def test_sinkhorn_converges_over_the_regularisation_grid_and_brackets_the_exact_value():
+    """Every reg in 0.01..1 converges within the default iteration cap (a RuntimeWarning is an error here) and the
+    debiased divergence lies within reg*log(n) of the exact OTDD: each entropic term is between the exact cost and
+    the exact cost plus reg*KL(exact plan | a x b) <= reg*log(n), and the exact self costs are 0."""
+    xa, xb, y = paired_clusters()
+    exact = otdd(xa, y, xb, y, **EMD).distance
+    gaps = []
+    for reg in REG_GRID:
+        res = otdd(xa, y, xb, y, entropic_reg=reg, **SINKHORN)
+        assert res.params["sinkhorn_marginal_err"] < res.params["sinkhorn_tol"]
+        assert max(res.params["sinkhorn_iters"].values()) < res.params["sinkhorn_max_iter"]
+        gaps.append(abs(res.distance - exact))
+        assert gaps[-1] <= reg * np.log(len(y)), reg
+    assert gaps[0] < 0.01 * exact  # small reg: close to the exact value, not merely inside the bracket
+
+
 def test_no_nan_with_singular_covariances_and_single_sample_classes():
     x, y = blobs(16, (1, 2, 5, 1), d=20)  # n_c < d everywhere, two singletons
     xb = x + 0.1 * np.random.default_rng(0).standard_normal(x.shape)
