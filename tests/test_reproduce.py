@@ -262,5 +262,6 @@ def test_dry_run_of_each_new_paper_task_family(name, tmp_path, monkeypatch):
     monkeypatch.setenv("FORGETBENCH_CACHE", str(tmp_path / "cache"))
     lines = []
     task = dataclasses.replace(load_task(name), model="openclip:forgetbench-mini-clip@random")
-    dry_run(task, ["ft"], batch=4, out=lines.append)
-    assert lines[-1].startswith("dry run ok") and any("method ft: " in line and "loss" in line for line in lines)
+    dry_run(task, ["ft"], batch=4, out=lines.append, allow_missing=True)
+    assert any("method ft: " in line and "loss" in line for line in lines)
+    assert lines[-1].startswith("dry run INCOMPLETE")  # no data root here: says the datasets were not checked
