@@ -10,6 +10,7 @@ from torch import nn
 from forgetbench.baselines.lwf import frozen_initial_head
 from forgetbench.errors import DataError
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
+from forgetbench.methods import Strength
 
 
 def fisher_diagonal(encoder: nn.Module, head: nn.Module, samples: Iterable[tuple[torch.Tensor, int]],
@@ -48,6 +49,7 @@ class EWC(Method):
     description = "Fisher-weighted squared distance of encoder weights to the starting point"
     citation = "Kirkpatrick et al., Overcoming catastrophic forgetting in neural networks, PNAS 2017"
     hyperparameters = {"lam": Param(1000.0, ge=0), "fisher_samples": Param(256, ge=1)}
+    strength = Strength("lam", grid=(10.0, 100.0, 1e3, 1e4, 1e5, 1e6))
 
     def setup(self, ctx: FinetuneContext):
         if ctx.train_dataset is None:

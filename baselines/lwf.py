@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
+from forgetbench.methods import Strength
 
 
 def frozen_initial_head(ctx: FinetuneContext) -> torch.nn.Module:
@@ -39,6 +40,7 @@ class LwF(Method):
     description = "distillation of the frozen encoder's initial-head logits into the student's, temperature T"
     citation = "Li & Hoiem, Learning without Forgetting, TPAMI 2017"
     hyperparameters = {"lam": Param(1.0, ge=0), "T": Param(2.0, gt=0)}
+    strength = Strength("lam", grid=(0.01, 0.1, 1.0, 10.0, 100.0, 1000.0))
 
     def setup(self, ctx: FinetuneContext):
         self.head0 = frozen_initial_head(ctx)

@@ -104,10 +104,11 @@ def required_seeds(records: list) -> int | None:
 
 
 def build_board(task: str, version: int, records: list, older: str | None, note: str, columns: list[Column],
-                rank_by: str) -> Board:
+                rank_by: str, required: int | None = None) -> Board:
     """Rows per (method, params), cells over seeds, ranked by the mean of column ``rank_by`` (highest first; rows
-    without it last; equal means share a rank)."""
-    required = required_seeds(records)
+    without it last; equal means share a rank). Rows with fewer than ``required`` seeds (default: the task's
+    ``seeds``) are marked."""
+    required = required or required_seeds(records)
     groups: dict[tuple[str, str], list] = {}
     for rec in records:
         groups.setdefault((rec.method.name, format_params(dict(rec.method.params), rec.method.name)), []).append(rec)
