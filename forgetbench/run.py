@@ -14,7 +14,7 @@ import torch
 
 from . import distributed, provenance
 from .checkpoint import Checkpointer, discard
-from .errors import DataError, ForgetbenchError, ResourceError
+from .errors import DataError, ForgetbenchError, ResourceError, SpecError
 from .methods import Method, get_method
 from .protocol import protocol_for
 from .records import MethodRef, ModelRef, ResultStore, RunRecord, TaskRef, Timings, run_id
@@ -136,6 +136,9 @@ def run_one(task, method_name: str, seed: int, store: ResultStore | None = None,
             runs.append((resolved, rid))
     if not runs:
         return None
+    if len(runs) > 1 and weights_dir is not None:
+        raise SpecError("saving weights measures one setting per run; run the post-hoc values one at a time "
+                        "(without variants) to save each one's encoder")
     resolved, rid = runs[0]
     protocol.check_execution(requested_options(options, checkpoint_every, weights_dir))
     world, device = distributed.init(device or default_device())

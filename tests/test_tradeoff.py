@@ -113,3 +113,11 @@ def test_the_tradeoff_sweep_selects_runs_seeds_and_then_launches_nothing(tmp_pat
     assert main(["plot", "tradeoff", "--results", str(results), "--out", str(tmp_path / "fig" / "tradeoff")]) == 0
     png, svg = tmp_path / "fig" / "tradeoff.png", tmp_path / "fig" / "tradeoff.svg"
     assert png.read_bytes()[:4] == b"\x89PNG" and b"<svg" in svg.read_bytes()
+
+
+def test_saving_weights_of_several_post_hoc_values_at_once_is_refused(tmp_path):
+    from forgetbench.run import run_one
+
+    with pytest.raises(SpecError, match="one setting per run"):
+        run_one(tiny_task(), "wise-ft", 0, params={"alpha": 1.0}, variants=[{"alpha": 0.5}], weights_dir=tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -251,11 +251,14 @@ class FinetuneProtocol(Protocol):
         if len(variants) > 1:  # the fine-tune these records share, for whoever adds up the cost of a sweep
             knob = method.strength.param
             training["post_hoc"] = {"param": knob, "values": [params[knob] for params, _ in variants]}
-        trained = (copy.deepcopy(ctx.student.state_dict()), copy.deepcopy(ctx.head.state_dict()))
+        # a copy of the fine-tuned weights only when several values are measured from them (finalize changes them)
+        trained = (copy.deepcopy(ctx.student.state_dict()), copy.deepcopy(ctx.head.state_dict())) \
+            if len(variants) > 1 else None
         for params, run_id in variants:
             t3 = time.time()
-            ctx.student.load_state_dict(trained[0])
-            ctx.head.load_state_dict(trained[1])
+            if trained is not None:
+                ctx.student.load_state_dict(trained[0])
+                ctx.head.load_state_dict(trained[1])
             method.params = dict(params)
             method.finalize(ctx)
             metrics = self.measure(ctx, evaluation, datasets, target, seed)

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+import matplotlib as mpl
 from matplotlib.figure import Figure
 
 from ..errors import SpecError
@@ -21,8 +22,6 @@ from ..methods import METHODS
 from .board import mean
 from .matched import selection_task
 from .plots import _RC, _paths, _save
-
-import matplotlib as mpl
 
 REFERENCE = "ft"
 
