@@ -85,14 +85,16 @@ def select(task: Any, records: Iterable[Any]) -> dict[str, Selected]:
     out = {}
     for method in sorted({m for m, _ in means}):
         settings = [(params, val) for (m, _), (params, val) in sorted(means.items()) if m == method]
-        strength = get_method(method).strength
+        cls = get_method(method)
+        strength = cls.strength
         within = [(p, v) for p, v in settings if v >= bar - 1e-9]  # exactly `within` points below is in
         if within:
             if strength is None:
                 params, val = max(within, key=lambda pv: pv[1])
             else:
-                knob = strength.strongest([p[strength.param] for p, _ in within])
-                params, val = next((p, v) for p, v in within if p[strength.param] == knob)
+                knob_of = lambda p: p.get(strength.param, cls.defaults[strength.param])  # noqa: E731
+                knob = strength.strongest([knob_of(p) for p, _ in within])
+                params, val = next((p, v) for p, v in within if knob_of(p) == knob)
         else:
             params, val = max(settings, key=lambda pv: pv[1])  # nothing reaches the bar: the closest
         out[method] = Selected(method, params, val, seeds, matched=bool(within))
