@@ -50,8 +50,8 @@ class Board:
     def few_seeds_note(self) -> str | None:
         if not any(r["Seeds"].endswith(FEW_SEEDS) for r in self.rows):
             return None
-        return (f"{FEW_SEEDS} fewer seeds than the task's {self.required_seeds} (its `seeds`): the mean is less certain "
-                "and the rank not comparable.")
+        return (f"{FEW_SEEDS} fewer seeds than the task's {self.required_seeds} (its `seeds`; `selection.seeds` for a "
+                "selected setting): the mean is less certain and the rank not comparable.")
 
 
 # ------------------------------------------------------------------------------------------------- number helpers
