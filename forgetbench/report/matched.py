@@ -33,9 +33,9 @@ def rule_text(task: TaskSpec) -> str:
     return (f"Each method at its selected setting: the strongest of its strength grid whose mean target validation "
             f"accuracy (seed {', '.join(map(str, task.seeds[:1]))}) is within {rule.within:g} point(s) of "
             f"`{rule.reference}`'s; test metrics are not read to choose ({SHORT}: no setting reached it, the closest "
-            f"is shown). {INTERVAL}: paired bootstrap over seeds and test images (percentile, 2,000 draws). Rank: tie "
-            f"groups, the best mean leads and every method whose interval overlaps the leader's shares its rank; "
-            f"then the best of the rest, and so on.")
+            f"is shown, ranked after every method at matched gain). {INTERVAL}: paired bootstrap over seeds and test "
+            f"images (percentile, 2,000 draws). Rank: tie groups, the best mean leads and every method whose interval "
+            f"overlaps the leader's shares its rank; then the best of the rest, and so on.")
 
 
 def matched_board(task: str, version: int, records: list, older: str | None, note: str,
@@ -58,7 +58,11 @@ def matched_board(task: str, version: int, records: list, older: str | None, not
     sizes = {name: d.size for name, d in next(iter(runs.values()))[0].items()}
     images = ImageDraws(sizes)
     intervals = {m: mean_delta_interval(r, images) for m, r in runs.items()}
-    ranks = tie_ranks(intervals)
+    # a method short of the bar is not at matched gain: it ranks after every method that is (its own tie groups)
+    matched = {m: iv for m, iv in intervals.items() if chosen[m].matched}
+    ranks = tie_ranks(matched)
+    ranks.update({m: len(matched) + r for m, r in tie_ranks({m: iv for m, iv in intervals.items()
+                                                              if m not in matched}).items()})
     at = board.titles.index("ΔLP") + 1
     board.titles.insert(at, INTERVAL)
     board.keys[INTERVAL] = "delta_lp_ci"

@@ -48,7 +48,8 @@ def _pretrained(records: list) -> dict[str, float]:
     """The pre-trained model's target accuracies: zero-shot and linear probe where the records keep them."""
     for r in records:
         correct = r.metrics.target.correct or {}
-        found = {kind: accuracy(correct[f"{kind}_reference"]) for kind in ("zs", "lp") if f"{kind}_reference" in correct}
+        found = {kind: accuracy(correct[f"{kind}_reference"]) for kind in ("zs", "lp")
+                 if f"{kind}_reference" in correct}
         if found:
             return found
     return {"pre-trained": records[0].metrics.target.acc_reference}
