@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
+from forgetbench.methods import Strength
 
 
 def _centred_rows(x: torch.Tensor) -> torch.Tensor:
@@ -40,6 +41,7 @@ class AFT(Method):
     description = "kernel of student features matched to the kernel of learned-weight frozen features"
     citation = "Qiu et al., Transferring Knowledge from Large Foundation Models to Small Downstream Models, ICML 2024"
     hyperparameters = {"beta": Param(10.0, ge=0), "prior_lr": Param(1e-2, gt=0)}
+    strength = Strength("beta", grid=(0.01, 0.1, 1.0, 10.0, 100.0, 1000.0))
 
     def setup(self, ctx: FinetuneContext) -> Optional[list[dict]]:
         self.s = nn.Parameter(torch.zeros(ctx.model.feature_dim, device=ctx.device))

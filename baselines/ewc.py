@@ -14,6 +14,7 @@ from forgetbench.baselines.zscl import DISTILLATION_DATA, distillation_pairs
 from forgetbench.errors import DataError
 from forgetbench.heads import zeroshot_head
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
+from forgetbench.methods import Strength
 
 
 def fisher_diagonal(encoder: nn.Module, head: nn.Module, samples: Iterable[tuple[torch.Tensor, Optional[int]]],
@@ -84,6 +85,7 @@ class EWC(Method):
     citation = "Kirkpatrick et al., Overcoming catastrophic forgetting in neural networks, PNAS 2017"
     hyperparameters = {"lam": Param(1000.0, ge=0), "fisher_samples": Param(256, ge=1),
                        "ref_data": Param("mini-world", choices=DISTILLATION_DATA), "ref_seed": Param(1, ge=1)}
+    strength = Strength("lam", grid=(10.0, 100.0, 1e3, 1e4, 1e5, 1e6))
 
     def setup(self, ctx: FinetuneContext):
         named = [(n, p) for n, p in ctx.student.named_parameters() if p.requires_grad]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from forgetbench.baselines.flyp import VOCABULARIES, prompt_embeddings, require_text_tower, vocabulary_datasets
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
+from forgetbench.methods import Strength
 
 
 def kmeans_prototypes(embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -43,6 +44,7 @@ class FDAlign(Method):
     citation = "Song et al., FD-Align: Feature Discrimination Alignment, NeurIPS 2023 (skingorz/FD-Align)"
     hyperparameters = {"cscale": Param(20.0, ge=0), "k": Param(20, ge=1), "kmeans_seed": Param(0, ge=0),
                        "vocabulary": Param("task", choices=VOCABULARIES)}
+    strength = Strength("cscale", grid=(0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0))
 
     def setup(self, ctx: FinetuneContext):
         require_text_tower(ctx, self.name)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
+from forgetbench.methods import Strength
 from forgetbench.samplers import ClassBalancedBatchSampler, class_similarity_from_features
 
 NEGATIVE_WEIGHTS = ("distance", "uniform")
@@ -141,6 +142,7 @@ class FDA(Method):
                        "bias_init": Param("knn-boundary", choices=BIAS_INITS), "balanced": Param(True),
                        "hard_mining": Param(True), "m": Param(0, ge=0), "n": Param(0, ge=0),
                        "mining_temperature": Param(0.1, gt=0)}
+    strength = Strength("lam", grid=(0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0))  # Proxy-FDA inherits it
 
     def __init__(self, **params):
         super().__init__(**params)

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from forgetbench.methods import Method, Param, register
+from forgetbench.methods import Strength
 
 
 def feature_l2(student: torch.Tensor, frozen: torch.Tensor) -> torch.Tensor:
@@ -21,6 +22,7 @@ class FeatureL2(Method):
     description = "beta * mean squared distance of normalised output features to the frozen encoder's"
     citation = "feature-distance baseline (LDIFS without intermediate layers; Mukhoti et al. 2024 discuss it)"
     hyperparameters = {"beta": Param(10.0, ge=0)}
+    strength = Strength("beta", grid=(0.01, 0.1, 1.0, 10.0, 100.0, 1000.0))
 
     def loss(self, ctx, batch):
         frozen = batch.frozen_features(ctx)  # under the loop's autocast, like every other user of it

@@ -11,6 +11,7 @@ from torch import nn
 from forgetbench.errors import SpecError
 from forgetbench.pretrain import caption_aware_clip_loss
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
+from forgetbench.methods import LR_SCALE, LR_STRENGTH
 
 
 def require_text_tower(ctx: FinetuneContext, method: str) -> None:
@@ -67,6 +68,8 @@ class FLYP(Method):
     description = "contrastive image / class-prompt loss with a learned logit scale (frozen text tower)"
     citation = "Goyal et al., Finetune like you pretrain, CVPR 2023 (locuslab/FLYP)"
     hyperparameters = {"weight": Param(1.0, ge=0)}
+    hyperparameters["lr_scale"] = LR_SCALE  # a fine-tuning recipe: its strength is how far it trains, as ft's
+    strength = LR_STRENGTH
 
     def setup(self, ctx: FinetuneContext) -> Optional[list[dict]]:
         require_text_tower(ctx, self.name)

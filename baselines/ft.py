@@ -1,5 +1,5 @@
 """Plain end-to-end fine-tuning: the task loss alone."""
-from forgetbench.methods import Method, register
+from forgetbench.methods import LR_SCALE, LR_STRENGTH, Method, register
 
 
 @register
@@ -7,3 +7,5 @@ class FineTune(Method):
     name = "ft"
     description = "end-to-end fine-tuning, task loss only"
     citation = "standard practice (the reference for forgetting)"
+    hyperparameters = {"lr_scale": LR_SCALE}  # 1: the task's tuned learning rate
+    strength = LR_STRENGTH

@@ -3,6 +3,7 @@ depths)."""
 import torch
 
 from forgetbench.methods import Method, Param, register
+from forgetbench.methods import Strength
 from forgetbench.models.taps import LayerTaps, ldifs_points
 
 
@@ -18,6 +19,7 @@ class LDIFS(Method):
     description = "CE + alpha * mean over 5 depths of the squared distance of token-normalised features"
     citation = "Mukhoti et al., TMLR 2024 (omegafragger/ldifs_code)"
     hyperparameters = {"alpha": Param(10.0, ge=0)}
+    strength = Strength("alpha", grid=(0.01, 0.1, 1.0, 10.0, 100.0, 1000.0))
 
     def setup(self, ctx):
         self._student_taps = LayerTaps(ldifs_points(ctx.student))

@@ -10,6 +10,7 @@ from forgetbench.baselines.flyp import VOCABULARIES, vocabulary_datasets
 from forgetbench.evaluate.probe import zeroshot_weights
 from forgetbench.heads import zeroshot_head
 from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
+from forgetbench.methods import Strength
 
 
 def frozen_initial_head(ctx: FinetuneContext) -> torch.nn.Module:
@@ -50,6 +51,7 @@ class LwF(Method):
     citation = "Li & Hoiem, Learning without Forgetting, TPAMI 2017"
     hyperparameters = {"lam": Param(1.0, ge=0), "T": Param(2.0, gt=0),
                        "vocabulary": Param("task", choices=VOCABULARIES)}
+    strength = Strength("lam", grid=(0.01, 0.1, 1.0, 10.0, 100.0, 1000.0))
 
     def setup(self, ctx: FinetuneContext):
         self.heads = [frozen_initial_head(ctx)]

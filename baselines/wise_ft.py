@@ -2,6 +2,7 @@
 import torch
 
 from forgetbench.methods import Method, Param, register
+from forgetbench.methods import Strength
 
 
 @register
@@ -10,6 +11,8 @@ class WiseFT(Method):
     description = "theta = (1 - alpha) * theta_0 + alpha * theta_ft, encoder and head"
     citation = "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022"
     hyperparameters = {"alpha": Param(0.5, ge=0, le=1)}
+    # alpha 1 is the fine-tuned model, 0 the starting one; every value is evaluated from one fine-tune
+    strength = Strength("alpha", grid=(1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1), stronger="down", post_hoc=True)
 
     @torch.no_grad()
     def finalize(self, ctx):

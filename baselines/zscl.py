@@ -15,7 +15,7 @@ from PIL import Image
 from forgetbench.baselines.flyp import require_text_tower
 from forgetbench.baselines.lwf import distillation_kl
 from forgetbench.errors import SpecError
-from forgetbench.methods import Batch, FinetuneContext, Method, Param, register
+from forgetbench.methods import Batch, FinetuneContext, Method, Param, Strength, register
 from forgetbench.train import total_steps
 
 DISTILLATION_DATA = ("mini-world",)
@@ -67,6 +67,7 @@ class ZSCL(Method):
     hyperparameters = {"lam": Param(1.0, ge=0), "T": Param(2.0, gt=0), "n_ref": Param(512, ge=1),
                        "ref_batch": Param(32, ge=1), "snapshots": Param(10, ge=2),
                        "ref_data": Param("mini-world", choices=DISTILLATION_DATA), "ref_seed": Param(1, ge=1)}
+    strength = Strength("lam", grid=(0.01, 0.1, 1.0, 10.0, 100.0, 1000.0))  # the weight average is always on
 
     @torch.no_grad()
     def setup(self, ctx: FinetuneContext) -> Optional[list[dict]]:

@@ -63,8 +63,13 @@ def initial_head(kind: str, evaluation, dataset: ImageDataset, embeddings: np.nd
     return head.to(evaluation.reference.device)
 
 
-def head_accuracy(head: nn.Module, features: np.ndarray, labels: np.ndarray, device: str) -> float:
-    """Percent of samples the head classifies correctly from their (unnormalised) features."""
+def head_correct(head: nn.Module, features: np.ndarray, labels: np.ndarray, device: str) -> np.ndarray:
+    """[N] bool: whether the head classifies each sample correctly from its (unnormalised) features."""
     with torch.no_grad():
         pred = head(torch.from_numpy(features).to(device)).argmax(1).cpu().numpy()
-    return 100.0 * float((pred == labels).mean())
+    return pred == labels
+
+
+def head_accuracy(head: nn.Module, features: np.ndarray, labels: np.ndarray, device: str) -> float:
+    """Percent of samples the head classifies correctly from their (unnormalised) features."""
+    return 100.0 * float(head_correct(head, features, labels, device).mean())

@@ -40,6 +40,7 @@ class RunJob:
     options: dict = field(default_factory=dict)  # TrainOptions fields
     checkpoint_every: int = 0
     imports: tuple[str, ...] = ()  # modules to import first (they register datasets, models or methods)
+    variants: tuple[dict, ...] = ()  # more params measured from the same fine-tune (a post-hoc knob's values)
 
     def __call__(self) -> str:
         """Run it; returns "complete" or "skipped" (already recorded); a failed run raises, after being logged."""
@@ -49,7 +50,7 @@ class RunJob:
         task = TaskSpec.from_dict(self.task, source=f"sweep job for task {self.task.get('name')!r}")
         record = run_one(task, self.method, self.seed, ResultStore(self.results), params=self.params,
                          device=self.device, progress=False, options=TrainOptions(**self.options),
-                         checkpoint_every=self.checkpoint_every)
+                         checkpoint_every=self.checkpoint_every, variants=self.variants)
         return "complete" if record is not None else "skipped"
 
     def checkpoint(self, *args, **kwargs):

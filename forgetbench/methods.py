@@ -10,7 +10,9 @@ default and the values it accepts) and up to five hooks, all optional:
 - ``batch_sampler(ctx, labels, batch_size, seed)``: how training batches are drawn (default: seeded shuffling);
 
 and two flags: ``trains_encoder`` (False: the encoder stays frozen, no training step runs) and ``head_init``
-(overrides the task's head initialisation). ``ctx`` (``FinetuneContext``) gives the student encoder and head, the
+(overrides the task's head initialisation). A method with a strength knob declares it (``strength = Strength(...)``:
+which hyper-parameter, its default grid, which way moves the model less); ``forgetbench sweep --tradeoff`` runs it
+over that grid. ``ctx`` (``FinetuneContext``) gives the student encoder and head, the
 frozen encoder the method regularises towards, the model's text tower, the task and the device. Methods
 never see the training loop, so any method runs under the same protocol.
 """
@@ -67,6 +69,44 @@ class Param:
     def accepts(self) -> str:
         """What values it takes, in words ("an integer >= 1"), for tables and messages."""
         return self.check.what
+
+
+STRONGER = ("up", "down")
+
+
+@dataclass(frozen=True)
+class Strength:
+    """A method's strength knob: the hyper-parameter ``param``, the values a trade-off sweep tries (``grid``), and
+    which way moves the model less (``stronger``: ``"up"`` when larger values keep it closer to the pre-trained one,
+    as a regulariser's weight does; ``"down"`` when smaller values do, as a learning rate or WiSE-FT's alpha).
+    ``post_hoc``: the knob acts after training only (in ``finalize``), so one fine-tune serves every grid value.
+    The grid should run from "as ft" to "barely moves"; ``weakest_first`` orders it that way."""
+
+    param: str
+    grid: tuple
+    stronger: str = "up"
+    post_hoc: bool = False
+
+    def weakest_first(self) -> tuple:
+        """The grid from the value that moves the model most to the one that moves it least."""
+        return tuple(sorted(self.grid, reverse=self.stronger == "down"))
+
+    def strongest(self, values) -> Any:
+        """The value among ``values`` that moves the model least."""
+        return max(values) if self.stronger == "up" else min(values)
+
+    def describe(self) -> str:
+        """``lam: 0.1, 1, 10 (larger moves less)``: for tables and messages."""
+        values = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in self.weakest_first())
+        way = "larger" if self.stronger == "up" else "smaller"
+        return f"{self.param}: {values} ({way} moves less{'; one fine-tune for all' if self.post_hoc else ''})"
+
+
+#: How far a method that regularises nothing trains (``ft``, ``lp-ft``, ``flyp``): its learning rate as a multiple
+#: of the task's (``Method.learning_rate``), and the trade-off grid of that knob, from the task's own learning rate
+#: down to a hundredth of it, where the encoder barely moves.
+LR_SCALE = Param(1.0, gt=0)
+LR_STRENGTH = Strength("lr_scale", grid=(1.0, 0.3, 0.1, 0.03, 0.01), stronger="down")
 
 
 class _TypeCheck(Check):
@@ -141,6 +181,8 @@ class Method:
     trains_encoder: ClassVar[bool] = True
     #: "zeroshot" or "linear-probe" to override the task's head initialisation; None keeps the task's.
     head_init: ClassVar[Optional[str]] = None
+    #: The strength knob a trade-off sweep varies (None: the method runs once, at its defaults).
+    strength: ClassVar[Optional[Strength]] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -153,6 +195,24 @@ class Method:
         cls.defaults = {k: p.default for k, p in cls.hyperparameters.items()}
         if "reference" in own and "citation" not in own:  # the older name of the citation
             cls.citation = own["reference"]
+        if cls.strength is not None and ("strength" in own or "hyperparameters" in own):
+            cls._check_strength()
+
+    @classmethod
+    def _check_strength(cls) -> None:
+        """A strength names a declared hyper-parameter, and its whole grid is accepted: a bad declaration fails
+        when the method's file is imported, not in the middle of a sweep."""
+        s = cls.strength
+        where = f"method {cls.name!r}: strength"
+        if s.stronger not in STRONGER:
+            raise SpecError(f"{where}: stronger must be one of {', '.join(STRONGER)}, got {s.stronger!r}")
+        if s.param not in cls.hyperparameters:
+            raise SpecError(f"{where}: {s.param!r} is not a declared hyper-parameter (declared: "
+                            f"{', '.join(sorted(cls.hyperparameters)) or 'none'})")
+        if len(set(s.grid)) != len(s.grid) or len(s.grid) < 2:
+            raise SpecError(f"{where}: the grid needs at least two distinct values, got {s.grid!r}")
+        for value in s.grid:
+            cls.check_params({s.param: value})
 
     def __init__(self, **params):
         self.params = self.check_params(params)
@@ -280,3 +340,9 @@ def get_method(name_or_path: str) -> type[Method]:
                                    f"@forgetbench.methods.register)")
         return METHODS.get(added[0])
     return METHODS.get(name_or_path)
+
+
+def learning_rate(method: Method, task_lr: float) -> float:
+    """A fine-tune's base learning rate: the task's, times ``lr_scale`` for a method that declares that
+    hyper-parameter (the strength knob of methods that regularise nothing, such as ``ft``: how far they train)."""
+    return task_lr * method.params.get("lr_scale", 1.0)

@@ -13,6 +13,7 @@ first use.
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Iterable
 
@@ -76,6 +77,12 @@ class Protocol:
     def run(self, request: Any) -> Any:
         """Run ``request`` (task, method, seed, ...) and return its record (None on the non-main processes)."""
         raise NotImplementedError
+
+    def run_many(self, request: Any, variants: list[tuple[dict, str]]) -> Iterable[Any]:
+        """One record per (params, run id) of ``variants``, which differ in a post-hoc knob only; a protocol whose
+        runs can share one fine-tune for all of them overrides this (by default each is run on its own)."""
+        for params, rid in variants:
+            yield self.run(replace(request, params=params, run_id=rid))
 
     def summary_line(self, record: Any) -> str:
         """One line of a finished run's main numbers."""

@@ -14,7 +14,7 @@ import torch
 
 from . import distributed, provenance
 from .checkpoint import Checkpointer, discard
-from .errors import DataError, ForgetbenchError, ResourceError
+from .errors import DataError, ForgetbenchError, ResourceError, SpecError
 from .methods import Method, get_method, method_source
 from .protocol import protocol_for
 from .records import MethodRef, ModelRef, ResultStore, RunRecord, TaskRef, Timings, run_id
@@ -119,7 +119,8 @@ def requested_options(options: TrainOptions, checkpoint_every: int | None, weigh
 
 def run_one(task, method_name: str, seed: int, store: ResultStore | None = None, params: dict | None = None,
             device: str | None = None, force: bool = False, progress: bool = True,
-            options: TrainOptions | None = None, checkpoint_every: int = 0, weights_dir=None) -> RunRecord | None:
+            options: TrainOptions | None = None, checkpoint_every: int = 0, weights_dir=None,
+            variants: list[dict] | tuple = ()) -> RunRecord | None:
     """Run (task, method, seed); append its record to ``store``. Returns the record, or None if it already exists.
 
     With ``checkpoint_every`` > 0 (and a store) the fine-tune saves its state every that many steps under
@@ -128,14 +129,26 @@ def run_one(task, method_name: str, seed: int, store: ResultStore | None = None,
     nothing is recorded as complete. Under torchrun every process trains and only rank 0 evaluates and writes
     (the others return None). With ``weights_dir``, the fine-tuned image encoder is saved there as safetensors
     (``weights_path``), for ``forgetbench audit`` or any other use.
+
+    ``variants`` (more param overrides that differ from ``params`` in a post-hoc knob only, such as WiSE-FT's alpha)
+    are measured from the same fine-tune, each its own record (the ones already recorded are left out); the first
+    record is returned.
     """
     protocol = protocol_for(task)
     options = options or TrainOptions()
     method_cls = get_method(method_name)
-    resolved = method_cls.check_params({**task.params_for(method_cls.name), **(params or {})})
-    rid = run_id(task.name, task.version, method_cls.name, resolved, seed)
-    if store is not None and not force and store.has(rid, task.name):
+    runs = []
+    for overrides in [params or {}, *variants]:
+        resolved = method_cls.check_params({**task.params_for(method_cls.name), **overrides})
+        rid = run_id(task.name, task.version, method_cls.name, resolved, seed)
+        if store is None or force or not store.has(rid, task.name):
+            runs.append((resolved, rid))
+    if not runs:
         return None
+    if len(runs) > 1 and weights_dir is not None:
+        raise SpecError("saving weights measures one setting per run; run the post-hoc values one at a time "
+                        "(without variants) to save each one's encoder")
+    resolved, rid = runs[0]
     protocol.check_execution(requested_options(options, checkpoint_every, weights_dir))
     world, device = distributed.init(device or default_device())
     request = RunRequest(task=task, method=method_cls, params=resolved, seed=seed, run_id=rid, device=device,
@@ -145,11 +158,15 @@ def run_one(task, method_name: str, seed: int, store: ResultStore | None = None,
                          weights_path=weights_path(weights_dir, task.name, method_cls.name, seed, rid)
                          if weights_dir is not None else None)
     try:
-        record = protocol.run(request)
-        if record is not None and store is not None:
-            store.append(record, replace=force)
+        records = protocol.run_many(request, runs) if len(runs) > 1 else [protocol.run(request)]
+        first = None
+        for record in records:
+            if record is not None and store is not None:
+                store.append(record, replace=force)
+            first = first or record
+        if first is not None and store is not None:
             discard(request.checkpoint_path)
-        return record
+        return first
     except Exception as e:
         error = _as_user_error(e, store)
         if store is not None and world.is_main:

@@ -7,6 +7,7 @@ The runs left are handed to a launcher (``forgetbench.launchers``): this machine
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,32 @@ def expand(task, methods: list[str], seeds: list[int], grid: dict[str, tuple] | 
                 rid = run_id(task.name, task.version, cls.name, params, seed)
                 runs.setdefault(rid, PlannedRun(method, cls.name, overrides, seed, rid))
     return list(runs.values())
+
+
+def tradeoff_grid(methods: list[str]) -> dict[str, tuple]:
+    """The trade-off grid of ``methods``: each one's declared strength knob over its default grid (``--grid`` form,
+    ``method.param``); a method without a knob runs once, at the task's settings."""
+    grid = {}
+    for method in methods:
+        cls = _resolve_method(method)[1]
+        if cls.strength is not None:
+            grid[f"{cls.name}.{cls.strength.param}"] = cls.strength.weakest_first()
+    return grid
+
+
+def shared_finetunes(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """The runs grouped by the fine-tune they can share: the values of a post-hoc knob (``Strength.post_hoc``, as
+    WiSE-FT's alpha) of one method, seed and other params are one fine-tune evaluated several times."""
+    groups: dict[tuple, list[PlannedRun]] = {}
+    for run in runs:
+        knob = get_method(run.method).strength
+        if knob is not None and knob.post_hoc and knob.param in run.params:
+            rest = {k: v for k, v in run.params.items() if k != knob.param}
+            key: tuple = (run.method, run.seed, json.dumps(rest, sort_keys=True))
+        else:
+            key = (run.run_id,)
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
 
 
 def plan(task, runs: list[PlannedRun], store: ResultStore) -> tuple[list[PlannedRun], list[PlannedRun]]:

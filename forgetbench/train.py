@@ -29,7 +29,7 @@ from .checkpoint import Checkpointer, capture, load_object_state, object_state, 
 from .data.base import split_labels
 from .errors import DivergenceError, ResourceError, SpecError
 from .features import Preprocessed
-from .methods import Batch, FinetuneContext, Method
+from .methods import Batch, FinetuneContext, Method, learning_rate
 
 log = logging.getLogger("forgetbench")
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -159,7 +159,7 @@ class _Step:
 def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int, progress: bool = True,
              on_step: Callable[[int], None] | None = None, options: TrainOptions | None = None,
              checkpointer: Checkpointer | None = None, resume: dict | None = None,
-             run_state: Callable[[], dict] | None = None) -> TrainLog:
+             run_state: Callable[[], dict] | None = None, finalize: bool = True) -> TrainLog:
     """Fine-tune ``ctx.student`` and ``ctx.head`` on ``split`` under ``train_spec``, with ``method``'s hooks.
 
     ``on_step(step)`` is called after each step (checkpoint evaluation). A NaN or infinite loss stops the run with a
@@ -167,7 +167,8 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
 
     With a ``checkpointer``, the state is saved every ``checkpointer.every`` steps (with ``run_state()``, the caller's
     own); ``resume`` (a state ``checkpointer.load()`` returned) continues from it and gives the same result as a run
-    that was never interrupted.
+    that was never interrupted. ``finalize=False`` leaves the method's ``finalize`` to the caller (a post-hoc
+    strength evaluated at several values from this one fine-tune).
     """
     options = options or TrainOptions()
     world = distributed.current()
@@ -175,17 +176,19 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
     extra_groups = method.setup(ctx) or []
     n_steps = total_steps(train_spec, len(split)) if method.trains_encoder else 0
     if n_steps == 0:
-        method.finalize(ctx)
+        if finalize:
+            method.finalize(ctx)
         return TrainLog(0, None, [])
     ctx.student.train()
     frozen_norms = batchnorm_layers(ctx.student) if getattr(train_spec, "batchnorm", None) == "frozen" else []
     params = [{"params": [p for p in ctx.student.parameters() if p.requires_grad]},
               {"params": list(ctx.head.parameters())}] + list(extra_groups)
     trained = [p for g in params for p in g["params"]]
+    lr = learning_rate(method, train_spec.lr)
     if train_spec.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=train_spec.lr, momentum=0.9, weight_decay=train_spec.weight_decay)
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=train_spec.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=train_spec.lr, weight_decay=train_spec.weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=train_spec.weight_decay)
     schedule = lr_lambda(train_spec.warmup_steps, n_steps) if train_spec.schedule == "cosine" else (lambda s: 1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     if options.channels_last:
@@ -252,7 +255,7 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
             if not math.isfinite(loss_value):
                 bar.close()
                 raise DivergenceError(f"loss became {loss_value} at step {step + 1} of {n_steps} "
-                                      f"(method {method.name!r}, lr {train_spec.lr}); nothing was recorded")
+                                      f"(method {method.name!r}, lr {lr:g}); nothing was recorded")
             distributed.sum_gradients(trained, world)
             if train_spec.grad_clip:
                 nn.utils.clip_grad_norm_(trained, train_spec.grad_clip)
@@ -280,5 +283,6 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
         epoch, batches = epoch + 1, None
     bar.close()
     ctx.student.eval()
-    method.finalize(ctx)
+    if finalize:
+        method.finalize(ctx)
     return TrainLog(step, loss_value, losses, micro, halvings)

@@ -265,3 +265,32 @@ def test_plot_trajectories(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.stat().st_size > 1000
     png2, svg2 = plot_trajectories(recs, tmp_path / "again" / "t")
     assert svg2.read_bytes() == svg.read_bytes()
+
+
+def _runs_frame(copies: int, n_runs: int = 20) -> pd.DataFrame:
+    """``n_runs`` runs, each one (drift, ΔLP) point repeated on ``copies`` held-out datasets."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=n_runs)
+    y = 0.5 * x + rng.normal(size=n_runs)
+    return pd.DataFrame({"otdd": np.repeat(x, copies), "delta_lp": np.repeat(y, copies),
+                         "run_id": np.repeat([f"r{i:02d}" for i in range(n_runs)], copies),
+                         "dataset": np.tile([f"d{j}" for j in range(copies)], n_runs), "task": "t", "final": True})
+
+
+def test_the_bootstrap_resamples_runs_so_repeated_points_add_no_certainty():
+    one, five = _runs_frame(1), _runs_frame(5)
+    single = correlations(one, drifts=("otdd",), n_boot=400).iloc[0]
+    clustered = correlations(five, drifts=("otdd",), n_boot=400).iloc[0]
+    # the same runs drawn: five copies of each point change neither r nor rho of any resample
+    for col in ("pearson_r", "pearson_lo", "pearson_hi", "spearman_lo", "spearman_hi"):
+        assert clustered[col] == pytest.approx(single[col], abs=1e-9), col
+    pooled_points = correlations(five, drifts=("otdd",), n_boot=400, cluster=None).iloc[0]
+    assert pooled_points.pearson_hi - pooled_points.pearson_lo < 0.6 * (clustered.pearson_hi - clustered.pearson_lo)
+    assert clustered.resampled == "runs" and pooled_points.resampled == "points"
+
+
+def test_coefficients_within_each_held_out_dataset():
+    table = correlations(_runs_frame(3), drifts=("otdd",), n_boot=50, per_dataset=True)
+    assert list(table["scope"]) == ["pooled", "d0", "d1", "d2"] and list(table["n"]) == [60, 20, 20, 20]
+    assert table["pearson_r"].nunique() == 1  # the datasets hold the same points here
+    assert "| pooled" in correlation_markdown(table) and "| runs" in correlation_markdown(table)

@@ -13,7 +13,7 @@ from forgetbench import checkpoint
 from forgetbench.cli import main
 from forgetbench.data import DATASETS, ImageDataset
 from forgetbench.errors import DataError, DivergenceError, ResourceError, WeightsError
-from forgetbench.methods import METHODS, Method, register
+from forgetbench.methods import METHODS, Method, get_method, register
 from forgetbench.models import mini_clip
 from forgetbench.records import ResultStore, run_id
 from forgetbench.run import run_one
@@ -56,7 +56,7 @@ class Exploding(Method):
 def _failure(store: ResultStore, method: str, params=None) -> dict:
     (failure,) = store.failures()
     assert failure["status"] == "failed"
-    assert failure["run_id"] == run_id("tiny", 1, method, params or {}, 0)
+    assert failure["run_id"] == run_id("tiny", 1, method, get_method(method).check_params(params or {}), 0)
     return failure
 
 

@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 from forgetbench.checkpoint import Checkpointer, capture, load_object_state, object_state, restore
-from forgetbench.methods import METHODS, register
+from forgetbench.methods import METHODS, get_method, register
 from forgetbench.records import ResultStore, run_id
 from forgetbench.run import checkpoint_path, run_one
 
@@ -152,7 +152,7 @@ def test_resume_restores_the_methods_own_state(tmp_path, base, params):
 def test_a_damaged_checkpoint_is_ignored_with_a_warning(tmp_path):
     task = tiny_task(steps=3, drift=())
     store = ResultStore(tmp_path)
-    path = checkpoint_path(store, run_id("tiny", 1, "ft", {}, 0))
+    path = checkpoint_path(store, run_id("tiny", 1, "ft", get_method("ft").check_params({}), 0))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04 not a checkpoint")
     with pytest.warns(UserWarning, match="unreadable checkpoint ignored"):

@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="hyper-parameter values to sweep (repeatable); KEY applies to every method declaring it, "
                          "METHOD.KEY to one method")
+    sw.add_argument("--tradeoff", action="store_true",
+                    help="every method over its own strength grid (seeds: the task's first), then, for a task with "
+                         "a selection section, each method's selected setting over the rule's seeds; rerun to resume. "
+                         "--grid METHOD.KEY=... replaces that method's default grid")
     sw.add_argument("--results", default="runs", help="results directory (default runs/)")
     sw.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     sw.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",

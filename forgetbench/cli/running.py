@@ -19,7 +19,10 @@ from ..protocol import protocol_for
 from ..records import ResultStore, run_id
 from ..report.leaderboard import render_summary
 from ..run import requested_options, run_one, weights_path
-from ..sweep import expand, parse_grid, plan
+from ..methods import get_method
+from ..report.board import format_params
+from ..selection import select, selected_seeds, sweep_seeds
+from ..sweep import expand, parse_grid, plan, shared_finetunes, tradeoff_grid
 from ..tasks import check_names, load_task
 from ..train import TrainOptions
 
@@ -105,15 +108,63 @@ def cmd_sweep(args) -> int:
     task = load_task(args.task)
     methods = args.methods or list(task.methods)
     load_methods(task, methods)
+    if args.tradeoff:
+        return _tradeoff(args, task, methods)
     seeds = args.seeds if args.seeds is not None else list(task.seeds)
-    options = vars(_train_options(args))
     runs = expand(task, methods, seeds, parse_grid(args.grid))
     todo, done = plan(task, runs, ResultStore(args.results))
     print(f"sweep {task.name} v{task.version}: {len(runs)} runs ({len(methods)} methods, {len(seeds)} seeds"
           f"{', grid ' + ' '.join(args.grid) if args.grid else ''}); {len(done)} already recorded in "
           f"{args.results}/, launching {len(todo)} ({args.launcher})")
-    if not todo:
+    _launch(args, task, todo)
+    return 0
+
+
+def _tradeoff(args, task, methods: list[str]) -> int:
+    """Every method over its strength grid (the sweep's seeds); then, for a task with a selection rule and once the
+    grid is recorded, each method's selected setting over the rule's seeds. Recorded runs are skipped at both stages,
+    so the same command resumes it, here or on other machines."""
+    store = ResultStore(args.results)
+    seeds = args.seeds if args.seeds is not None else list(sweep_seeds(task))
+    grid = {**tradeoff_grid(methods), **parse_grid(args.grid)}  # --grid METHOD.KEY=... replaces a default grid
+    runs = expand(task, methods, seeds, grid)
+    todo, done = plan(task, runs, store)
+    print(f"trade-off sweep {task.name} v{task.version}: {len(runs)} runs ({len(methods)} methods over their "
+          f"strength grids, seeds {', '.join(map(str, seeds))}); {len(done)} already recorded in {args.results}/, "
+          f"launching {len(todo)} ({args.launcher})")
+    _launch(args, task, todo)
+    if task.selection is None:
+        print(f"task {task.name!r} has no selection section: no setting is selected")
         return 0
+    todo, _ = plan(task, runs, store)
+    if todo:
+        print(f"{len(todo)} grid runs are not recorded yet: rerun this command once they are, to select each "
+              f"method's setting and run it over {task.selection.seeds} seeds")
+        return 0
+    records = [r for r in store.load(task.name) if r.task.version == task.version]
+    chosen = select(task, records)
+    names = {get_method(m).name for m in methods}
+    selected = []
+    for method in methods:
+        pick = chosen.get(get_method(method).name)
+        if pick is None:
+            continue
+        print(f"  selected {pick.method}: {format_params(pick.params, pick.method) or 'defaults'} (validation "
+              f"{pick.val_acc:.2f}%{'' if pick.matched else ', short of the bar: the closest setting'})")
+        selected += expand(task, [method], selected_seeds(task), {f"{pick.method}.{k}": (v,)
+                                                                  for k, v in pick.params.items()})
+    todo, done = plan(task, selected, store)
+    print(f"selected settings x {task.selection.seeds} seeds ({len(names)} methods): {len(selected)} runs, "
+          f"{len(done)} already recorded, launching {len(todo)}")
+    _launch(args, task, todo)
+    return 0
+
+
+def _launch(args, task, todo) -> None:
+    """Hand ``todo`` to the sweep's launcher; runs that can share a fine-tune (``shared_finetunes``) go as one job."""
+    if not todo:
+        return
+    options = vars(_train_options(args))
     if args.launcher == "slurm":
         folder = args.slurm_folder
         if folder is None:  # job logs and pickles are scratch, even inside a committed results folder
@@ -130,15 +181,13 @@ def cmd_sweep(args) -> int:
     else:
         launcher, every = LocalLauncher(args.jobs), args.checkpoint_every or 0
     results = str(Path(args.results).resolve())  # jobs may start in another directory
-    jobs = [RunJob(task=task.to_dict(), method=r.method, params=r.params, seed=r.seed, results=results,
-                   label=r.label, device=args.device, options=options, checkpoint_every=every,
-                   imports=tuple(args.imports)) for r in todo]
+    jobs = [RunJob(task=task.to_dict(), method=group[0].method, params=group[0].params, seed=group[0].seed,
+                   results=results, label=" + ".join(r.label for r in group), device=args.device, options=options,
+                   checkpoint_every=every, imports=tuple(args.imports), variants=tuple(r.params for r in group[1:]))
+            for group in shared_finetunes(todo)]
     outcomes = launcher.launch(jobs, report=lambda o: print(f"  {o.label}: {o.status}"
                                                              + (f" ({o.detail})" if o.detail else "")))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         raise ForgetbenchError(f"{len(failed)} of {len(jobs)} runs failed (reasons in {args.results}/failures.jsonl); "
                                f"rerun the same sweep to retry them")
-    return 0
-
-

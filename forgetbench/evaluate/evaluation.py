@@ -25,9 +25,15 @@ from ..features import cached_extract, extract
 from ..models import Model, get_model, state_dict_hash
 from ..evaluate.heldout import HeldoutMetrics
 from .drift_metrics import compute_drifts
-from .probe import PROBE_VERSION, linear_probe, zeroshot_accuracy, zeroshot_weights
+from .per_image import pack, unpack
+from .probe import PROBE_VERSION, linear_probe, zeroshot_correct, zeroshot_weights
 
 Features = tuple[np.ndarray, np.ndarray]  # (features [N, D], labels [N])
+
+
+def percent(correct: np.ndarray) -> float:
+    """Accuracy in percent of a [N] bool vector of correct predictions."""
+    return 100.0 * float(np.asarray(correct).mean())
 
 
 def frozen(module: nn.Module) -> nn.Module:
@@ -108,39 +114,51 @@ class Evaluation:
         """The class embeddings zero-shot accuracy is measured with (None when it is not measured)."""
         return self.class_embeddings(dataset) if self.zero_shot else None
 
-    def accuracies(self, features_of: Callable[[str], Features], dataset: ImageDataset,
-                   kinds: Iterable[str] = ("lp", "zs")) -> tuple[dict[str, float], Features]:
-        """The ``kinds`` of accuracy (``lp``, ``zs``) of one encoder on ``dataset``, and its test features;
-        ``features_of(split)`` gives the encoder's (features, labels) of a split."""
+    def correctness(self, features_of: Callable[[str], Features], dataset: ImageDataset,
+                    kinds: Iterable[str] = ("lp", "zs")) -> tuple[dict[str, np.ndarray], Features]:
+        """Which test images the ``kinds`` of classifier (``lp``, ``zs``) of one encoder get right ([N] bool each),
+        and its test features; ``features_of(split)`` gives the encoder's (features, labels) of a split."""
         train, val, test_split = self.splits
         test = features_of(test_split)
         out = {}
         if "lp" in kinds:
             lp = self.spec.linear_probe
-            out["lp"] = linear_probe(features_of(train), features_of(val), test, lp.C_grid, lp.max_iter).acc
+            out["lp"] = linear_probe(features_of(train), features_of(val), test, lp.C_grid, lp.max_iter).correct
         if "zs" in kinds:
-            out["zs"] = zeroshot_accuracy(test[0], test[1], self.class_embeddings(dataset))
+            out["zs"] = zeroshot_correct(test[0], test[1], self.class_embeddings(dataset))
         return out, test
+
+    def accuracies(self, features_of: Callable[[str], Features], dataset: ImageDataset,
+                   kinds: Iterable[str] = ("lp", "zs")) -> tuple[dict[str, float], Features]:
+        """The ``kinds`` of accuracy (``lp``, ``zs``) of one encoder on ``dataset``, and its test features."""
+        correct, test = self.correctness(features_of, dataset, kinds)
+        return {kind: percent(c) for kind, c in correct.items()}, test
 
     def reference_accuracies(self, dataset: ImageDataset, kinds: Iterable[str] | None = None) -> dict[str, float]:
         """The pre-trained model's accuracies on ``dataset`` (default: every measured kind). With a linear probe
         they are cached on disk: they are the same for every method and seed."""
+        return {kind: percent(unpack(c)) for kind, c in self.reference_correct(dataset, kinds).items()}
+
+    def reference_correct(self, dataset: ImageDataset, kinds: Iterable[str] | None = None) -> dict[str, str]:
+        """Which test images the pre-trained model's classifiers get right, packed (``per_image.pack``); cached on
+        disk with a linear probe, like its accuracies."""
         kinds = tuple(kinds or self.kinds)
         features_of = lambda split: self.reference.features(dataset, split)  # noqa: E731
         if "lp" not in kinds:
-            return self.accuracies(features_of, dataset, kinds)[0]
+            return {k: pack(c) for k, c in self.correctness(features_of, dataset, kinds)[0].items()}
         text = self.class_embeddings(dataset) if "zs" in kinds else None
         lp = self.spec.linear_probe
         key = json.dumps([self.reference.weights_hash, dataset.name, dataset.fingerprint, list(self.splits),
                           self.reference.model.preprocess_id, list(lp.C_grid), lp.max_iter, PROBE_VERSION,
                           # the text tower and prompts enter through their embeddings
-                          hashlib.sha256(text.tobytes()).hexdigest() if text is not None else None])
+                          hashlib.sha256(text.tobytes()).hexdigest() if text is not None else None,
+                          "per-image"])  # the entry holds packed correctness, not accuracies
         path = cache_dir("reference-metrics") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
         if path.exists():
             return json.loads(path.read_text())
-        accs = self.accuracies(features_of, dataset, kinds)[0]
-        atomic_write(path, json.dumps(accs), durable=False)
-        return accs
+        correct = {k: pack(c) for k, c in self.correctness(features_of, dataset, kinds)[0].items()}
+        atomic_write(path, json.dumps(correct), durable=False)
+        return correct
 
     def encoder_features(self, encoder: nn.Module, dataset: ImageDataset) -> Callable[[str], Features]:
         """``features_of(split)`` of an encoder under evaluation: each split extracted once."""
@@ -154,21 +172,27 @@ class Evaluation:
         return features_of
 
     def heldout(self, encoder: nn.Module, datasets: Mapping[str, ImageDataset], seed: int,
-                test_features: dict[str, Features] | None = None) -> dict[str, HeldoutMetrics]:
+                test_features: dict[str, Features] | None = None,
+                per_image: bool = False) -> dict[str, HeldoutMetrics]:
         """Per dataset of the spec: accuracies of ``encoder`` and of the reference, their differences, and feature
         drift (seeded by ``seed``). ``test_features``, when given, receives each dataset's test (features, labels)
-        of ``encoder``."""
+        of ``encoder``. ``per_image``: also which test images each classifier got right (``correct``)."""
         heldout = {}
         for name in self.spec.datasets:
             ds = datasets[name]
-            ref = self.reference_accuracies(ds)
-            acc, (f_test, y_test) = self.accuracies(self.encoder_features(encoder, ds), ds, self.kinds)
+            ref_correct = self.reference_correct(ds)
+            ref = {kind: percent(unpack(c)) for kind, c in ref_correct.items()}
+            correct, (f_test, y_test) = self.correctness(self.encoder_features(encoder, ds), ds, self.kinds)
+            acc = {kind: percent(c) for kind, c in correct.items()}
             m = {"lp": acc["lp"], "lp_reference": ref["lp"], "delta_lp": acc["lp"] - ref["lp"]}
             if "zs" in acc:
                 m.update(zs=acc["zs"], zs_reference=ref["zs"], delta_zs=acc["zs"] - ref["zs"])
             if self.spec.drift:
                 f_ref, _ = self.reference.features(ds, self.splits[2])
                 m["drift"] = compute_drifts(self.spec.drift, f_ref, f_test, y_test, seed)
+            if per_image:
+                m["correct"] = {**{k: pack(c) for k, c in correct.items()},
+                                **{f"{k}_reference": c for k, c in ref_correct.items()}}
             heldout[name] = HeldoutMetrics(**m)
             if test_features is not None:
                 test_features[name] = (f_test, y_test)

@@ -9,8 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-from ..schema import Integer, MapOf, Number, Problems, Section, entry, extras, join
+from ..schema import Choice, Integer, MapOf, Number, Problems, Section, entry, extras, join
 from .drift_metrics import ROUNDING, drift_metrics
+from .per_image import PerImage, block_problems
 
 #: Absolute tolerance of the consistency checks (a delta against its parts, a summary against the datasets).
 CONSISTENCY_TOL = 1e-6
@@ -64,11 +65,24 @@ class CheckpointHeldout:
             Number(ge=lo, le=hi, unit=_DISTANCE)(value, join(join(path, "drift"), name), problems)
 
 
+#: The classifiers of a held-out dataset whose per-image correctness a record may keep (``metrics.heldout.<d>.correct``).
+HELDOUT_CORRECT = ("lp", "lp_reference", "zs", "zs_reference")
+
+
 @dataclass(frozen=True, kw_only=True)
 class HeldoutMetrics(CheckpointHeldout):
-    """One held-out dataset, for the final model: linear-probe (and zero-shot) accuracy, their Δ, feature drift."""
+    """One held-out dataset, for the final model: linear-probe (and zero-shot) accuracy, their Δ, feature drift, and
+    (optionally) which test images each classifier got right (``forgetbench.evaluate.per_image``)."""
 
     FULL: ClassVar[bool] = True
+
+    correct: Mapping[str, str] | None = entry(MapOf(PerImage(), key=Choice(HELDOUT_CORRECT)), None, omit_if_none=True)
+
+    def check_fields(self, path: str, problems: Problems) -> None:
+        super().check_fields(path, problems)
+        if self.correct is not None:
+            block_problems(self.correct, {k: getattr(self, k) for k in HELDOUT_CORRECT}, join(path, "correct"),
+                           problems)
 
 
 def summarize_heldout(heldout: Mapping[str, CheckpointHeldout], weight_drift: float | None = None) -> dict[str, float]:

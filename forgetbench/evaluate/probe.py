@@ -32,6 +32,7 @@ class ProbeResult:
     acc: float  # test accuracy, percent
     C: float  # the selected inverse regularisation strength
     val_accs: dict  # validation accuracy per C, percent
+    correct: np.ndarray | None = None  # [N] bool: which test images it classifies correctly
 
 
 def _fit(x, y, C, max_iter):
@@ -63,8 +64,8 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
                  test: tuple[np.ndarray, np.ndarray], C_grid=DEFAULT_C_GRID, max_iter: int = 1000) -> ProbeResult:
     """Linear-probe accuracy on test under the fixed protocol (``fit_linear_probe``)."""
     clf, C, val_accs = fit_linear_probe(train, val, C_grid, max_iter)
-    acc = 100.0 * float((clf.predict(normalize(test[0])) == test[1]).mean())
-    return ProbeResult(acc=acc, C=C, val_accs=val_accs)
+    correct = clf.predict(normalize(test[0])) == test[1]
+    return ProbeResult(acc=100.0 * float(correct.mean()), C=C, val_accs=val_accs, correct=correct)
 
 
 @torch.no_grad()
@@ -81,7 +82,11 @@ def zeroshot_weights(model: Model, dataset: ImageDataset) -> np.ndarray:
     return np.stack(rows)
 
 
+def zeroshot_correct(features: np.ndarray, labels: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
+    """[N] bool: whether each sample's nearest class embedding (cosine) is its label."""
+    return (normalize(features) @ class_weights.T).argmax(1) == labels
+
+
 def zeroshot_accuracy(features: np.ndarray, labels: np.ndarray, class_weights: np.ndarray) -> float:
     """Percent of samples whose nearest class embedding (cosine) is their label."""
-    pred = (normalize(features) @ class_weights.T).argmax(1)
-    return 100.0 * float((pred == labels).mean())
+    return 100.0 * float(zeroshot_correct(features, labels, class_weights).mean())

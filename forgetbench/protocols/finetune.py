@@ -7,30 +7,39 @@ one record. Its leaderboard ranks by mean ΔLP; its figures are forgetting again
 """
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 from ..data import get_dataset
 from ..data.subsets import sample_subset
 from ..evaluate.drift import encoder_weight_drift
 from ..evaluate.drift_metrics import drift_metrics
-from ..evaluate.evaluation import Evaluation, FrozenModel, require_splits
+from ..evaluate.evaluation import Evaluation, FrozenModel, percent, require_splits
 from ..features import extract
-from ..heads import head_accuracy, initial_head
+from ..heads import head_correct, initial_head
 from ..methods import FinetuneContext
 from ..models.weights_io import save_atomic
 from ..evaluate.heldout import CONSISTENCY_TOL, PERCENT, POINTS, difference
+from ..evaluate.per_image import PerImage, accuracy, block_problems, pack
 from ..records.base import RunRecord
 from ..evaluate.heldout import Checkpoint, HeldoutMetrics, summarize_heldout, summary_problems
 from ..report.board import Board, Column, build_board
+from ..report.matched import matched_or_none
 from ..report.plots import plot_correlation, plot_trajectories
-from ..schema import join, ListOf, MapOf, Number, Problems, Section, Text, entry, extras, from_json, to_json
+from ..report.tradeoff_plot import plot_tradeoff
+from ..schema import Choice, ListOf, MapOf, Number, Problems, Section, Text, entry, extras, from_json, join, to_json
 from ..train import finetune, total_steps
 from ..protocol import Protocol, register_protocol
 
 VISUAL_FORMAT = "forgetbench.visual/1"  # metadata of a saved fine-tuned encoder
+
+
+#: The classifiers of the target whose per-image correctness a record may keep (``metrics.target.correct``): the
+#: fine-tuned encoder and head, and the pre-trained model's linear probe and zero-shot head.
+TARGET_CORRECT = ("acc", "lp_reference", "zs_reference")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +49,9 @@ class TargetMetrics:
     ``acc_reference`` is the better of the pre-trained model's zero-shot accuracy and its linear probe
     (``zs_reference``, ``lp_reference``), so ``gain`` is what fine-tuning adds over the best a frozen model gives,
     whatever head a method starts from. Records written before these two fields existed measured ``acc_reference``
-    as zero-shot (the linear probe without a text tower); they stay readable as they are.
+    as zero-shot (the linear probe without a text tower); they stay readable as they are. Optional (older records
+    lack them): ``acc_val``, the fine-tuned head on the target's validation split (what a selection rule may read),
+    and ``correct``, which test images each classifier got right (``forgetbench.evaluate.per_image``).
     """
 
     dataset: str = entry(Text())
@@ -49,6 +60,8 @@ class TargetMetrics:
     gain: float = entry(POINTS)
     zs_reference: float | None = entry(PERCENT, None, omit_if_none=True)  # absent without a text tower
     lp_reference: float | None = entry(PERCENT, None, omit_if_none=True)
+    acc_val: float | None = entry(PERCENT, None, omit_if_none=True)
+    correct: Mapping[str, str] | None = entry(MapOf(PerImage(), key=Choice(TARGET_CORRECT)), None, omit_if_none=True)
     extra: Mapping[str, Any] = extras()
 
     def check_fields(self, path: str, problems: Problems) -> None:
@@ -57,6 +70,15 @@ class TargetMetrics:
         if parts and abs(self.acc_reference - max(parts)) > CONSISTENCY_TOL:
             problems.add(join(path, "acc_reference"),
                          f"is {self.acc_reference!r} but max(zs_reference, lp_reference) = {max(parts)!r}")
+        if self.correct is None:
+            return
+        at = join(path, "correct")
+        block_problems(self.correct, {"acc": self.acc}, at, problems)
+        for k in ("lp_reference", "zs_reference"):
+            value = getattr(self, k)
+            if k in self.correct and value is not None and abs(accuracy(self.correct[k]) - value) > CONSISTENCY_TOL:
+                problems.add(at, f"{k} is {value!r}, but its per-image correctness gives "
+                                 f"{accuracy(self.correct[k])!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,7 +171,7 @@ class FinetuneProtocol(Protocol):
     name = "finetune"
     description = "fine-tune on one dataset; measure what the held-out datasets lost"
     record_type = FinetuneRecord
-    figures = ("correlation", "trajectories")
+    figures = ("correlation", "trajectories", "tradeoff")
     execution_options = frozenset({"checkpoint_every", "micro_batch", "channels_last", "compile", "workers",
                                    "save_weights", "processes"})
     #: whether a task must hold out at least one dataset (the absent-class protocol measures the target itself)
@@ -185,6 +207,12 @@ class FinetuneProtocol(Protocol):
 
     # ----- a run
     def run(self, request: Any) -> FinetuneRecord | None:
+        return next(iter(self.run_many(request, [(request.params, request.run_id)])), None)
+
+    def run_many(self, request: Any, variants: list[tuple[dict, str]]) -> Iterator[FinetuneRecord]:
+        """One fine-tune, then one record per variant ((params, run id) that differ in a post-hoc knob only, such
+        as WiSE-FT's alpha): each is the method's ``finalize`` at its params, applied to the same fine-tuned weights
+        and measured. Records come as they are made; nothing on the non-main processes."""
         task, seed, device = request.task, request.seed, request.device
         t0 = time.time()
         datasets = {n: get_dataset(n) for n in [task.finetune.dataset, *task.evaluate.datasets]}
@@ -197,7 +225,8 @@ class FinetuneProtocol(Protocol):
         train_view = self.training_view(task, target)
         method = request.new_method()
         head_kind = method.head_init or task.train.head_init
-        head = initial_head(head_kind, evaluation, train_view, evaluation.class_embeddings(target))
+        head = initial_head(head_kind, evaluation, train_view, evaluation.class_embeddings(target),
+                            refit_with_val=task.selection is None)  # a selection reads the val labels
         ctx = FinetuneContext.start(reference.model, method, head, task, train_view, device)
         t1 = time.time()
         split = train_view.split(task.finetune.train_split)
@@ -223,43 +252,64 @@ class FinetuneProtocol(Protocol):
             on_step(0)  # the starting point of the trajectory, measured like every other checkpoint
         log = finetune(ctx, method, task.train, split, seed, progress=request.progress, on_step=on_step,
                        options=request.options, checkpointer=checkpointer, resume=resume,
-                       run_state=lambda: {"trajectory": [to_json(c) for c in trajectory]})
+                       run_state=lambda: {"trajectory": [to_json(c) for c in trajectory]}, finalize=False)
         if not request.world.is_main:
-            return None
+            return
         t2 = time.time()
-        metrics = self.measure(ctx, evaluation, datasets, target, seed)
-        t3 = time.time()
-        if request.weights_path is not None:  # the encoder exactly as evaluated; metadata names the run it came from
-            save_atomic(ctx.student.state_dict(), request.weights_path, metadata={
-                "format": VISUAL_FORMAT, "run_id": request.run_id, "task": task.name,
-                "task_version": str(task.version), "method": method.name, "seed": str(seed), "model": task.model,
-                "reference_sha256": reference.weights_hash})
-        if trajectory:
-            trajectory.append(Checkpoint(step=log.steps, heldout=metrics.heldout, summary=metrics.summary))
         training = {"steps": log.steps, "final_loss": log.final_loss, "head_init": head_kind,
                     **({"oom_halvings": log.oom_halvings, "micro_batch": log.micro_batch}
                        if log.oom_halvings else {})}  # only when out-of-memory changed how it ran
-        timings = {"setup_s": t1 - t0, "finetune_s": t2 - t1 - eval_s, "evaluate_s": t3 - t2 + eval_s,
-                   "total_s": t3 - t0}
-        return self.record_type(**request.record_fields(reference, timings, training, method_state=ctx.state,
+        if len(variants) > 1:  # the fine-tune these records share, for whoever adds up the cost of a sweep
+            knob = method.strength.param
+            training["post_hoc"] = {"param": knob, "values": [params[knob] for params, _ in variants]}
+        # a copy of the fine-tuned weights only when several values are measured from them (finalize changes them)
+        trained = (copy.deepcopy(ctx.student.state_dict()), copy.deepcopy(ctx.head.state_dict())) \
+            if len(variants) > 1 else None
+        for params, run_id in variants:
+            t3 = time.time()
+            if trained is not None:
+                ctx.student.load_state_dict(trained[0])
+                ctx.head.load_state_dict(trained[1])
+            method.params = dict(params)
+            method.finalize(ctx)
+            metrics = self.measure(ctx, evaluation, datasets, target, seed)
+            if request.weights_path is not None:  # the encoder exactly as evaluated; metadata names the run
+                save_atomic(ctx.student.state_dict(), request.weights_path, metadata={
+                    "format": VISUAL_FORMAT, "run_id": run_id, "task": task.name,
+                    "task_version": str(task.version), "method": method.name, "seed": str(seed), "model": task.model,
+                    "reference_sha256": reference.weights_hash})
+            t4 = time.time()
+            path = trajectory + [Checkpoint(step=log.steps, heldout={k: replace(m, correct=None)
+                                                                    for k, m in metrics.heldout.items()},
+                                            summary=metrics.summary)] if trajectory else []
+            timings = {"setup_s": t1 - t0, "finetune_s": t2 - t1 - eval_s, "evaluate_s": t4 - t3 + eval_s,
+                       "total_s": t2 - t0 + t4 - t3}
+            this = replace(request, params=dict(params), run_id=run_id)
+            yield self.record_type(**this.record_fields(reference, timings, training, method_state=ctx.state,
                                                         model_notes=model_notes(task, reference.model)),
-                                metrics=metrics, trajectory=tuple(trajectory) or None)
+                                   metrics=metrics, trajectory=tuple(path) or None)
 
     def measure(self, ctx: FinetuneContext, evaluation: Evaluation, datasets: Mapping, target: Any,
                 seed: int) -> FinetuneMetrics:
-        """Target accuracy, and per held-out dataset the transfer gap and drift of the fine-tuned encoder."""
+        """Target accuracy (test, and validation for a selection rule), and per held-out dataset the transfer gap
+        and drift of the fine-tuned encoder; which test images each classifier got right, for the bootstrap."""
         reference = evaluation.reference
-        test_split = evaluation.splits[2]
-        test = extract(ctx.student, reference.model, target, test_split, reference.device,
-                       desc=f"features {target.name}:{test_split} (tuned)")
-        acc = head_accuracy(ctx.head, *test, reference.device)
-        on_reference = evaluation.reference_accuracies(target)
-        acc_reference = max(on_reference.values())  # the better frozen head: zero-shot or linear probe
-        heldout = evaluation.heldout(ctx.student, datasets, seed)
+        _, val_split, test_split = evaluation.splits
+        test, val = (extract(ctx.student, reference.model, target, split, reference.device,
+                             desc=f"features {target.name}:{split} (tuned)") for split in (test_split, val_split))
+        correct = head_correct(ctx.head, *test, reference.device)
+        acc = percent(correct)
+        on_reference = evaluation.reference_correct(target)
+        reference_acc = {k: accuracy(c) for k, c in on_reference.items()}
+        acc_reference = max(reference_acc.values())  # the better frozen head: zero-shot or linear probe
+        heldout = evaluation.heldout(ctx.student, datasets, seed, per_image=True)
         drift = encoder_weight_drift(reference.model.visual, ctx.student)
         return self.metrics(ctx, evaluation, target, test, dict(
             target=TargetMetrics(dataset=target.name, acc=acc, acc_reference=acc_reference, gain=acc - acc_reference,
-                                 zs_reference=on_reference.get("zs"), lp_reference=on_reference.get("lp")),
+                                 zs_reference=reference_acc.get("zs"), lp_reference=reference_acc.get("lp"),
+                                 acc_val=percent(head_correct(ctx.head, *val, reference.device)),
+                                 correct={"acc": pack(correct),
+                                          **{f"{k}_reference": c for k, c in on_reference.items()}}),
             heldout=heldout, summary=summarize_heldout(heldout, weight_drift=drift)))
 
     def metrics(self, ctx: FinetuneContext, evaluation: Evaluation, target: Any, test: Any,
@@ -285,6 +335,10 @@ class FinetuneProtocol(Protocol):
                    *(Column(m.column, _summary(m.summary_key), key=m.summary_key, optional=True)
                      for m in drift_metrics()),
                    Column("Weight drift", _summary("weight_drift"), key="weight_drift", optional=True)]
+        matched = matched_or_none(task, version, records, older, task_note(records), [
+            columns[0], Column("Gain", lambda r: r.metrics.target.gain, "mean_std_signed", key="gain"), *columns[1:]])
+        if matched is not None:
+            return matched
         return build_board(task, version, records, older, task_note(records), columns, rank_by="ΔLP")
 
     def plot(self, kind: str, records: Iterable[RunRecord], out: Path, per_checkpoint: bool = False,
@@ -292,4 +346,6 @@ class FinetuneProtocol(Protocol):
         mine = [r for r in records if isinstance(r, FinetuneRecord)]
         if kind == "correlation":
             return plot_correlation(mine, out, per_checkpoint=per_checkpoint)
+        if kind == "tradeoff":
+            return plot_tradeoff(mine, out)
         return plot_trajectories(mine, out)

@@ -57,8 +57,8 @@ class Board:
     def few_seeds_note(self) -> str | None:
         if not any(r["Seeds"].endswith(FEW_SEEDS) for r in self.rows):
             return None
-        return (f"{FEW_SEEDS} fewer seeds than the task's {self.required_seeds} (its `seeds`): the mean is less certain "
-                "and the rank not comparable.")
+        return (f"{FEW_SEEDS} fewer seeds than the task's {self.required_seeds} (its `seeds`; `selection.seeds` for a "
+                "selected setting): the mean is less certain and the rank not comparable.")
 
     @property
     def code_note(self) -> str | None:
@@ -150,12 +150,13 @@ def check_one_weights(task: str, version: int, records: list) -> None:
 
 
 def build_board(task: str, version: int, records: list, older: str | None, note: str, columns: list[Column],
-                rank_by: str) -> Board:
+                rank_by: str, required: int | None = None) -> Board:
     """Rows per (method, params), cells over seeds, ranked by the mean of column ``rank_by`` (highest first; rows
-    without it last; equal means share a rank). Records of other pre-trained weights than the rest are refused;
-    rows made with other method code than today's are marked ``STALE``."""
+    without it last; equal means share a rank). Rows with fewer than ``required`` seeds (default: the task's
+    ``seeds``) are marked. Records of other pre-trained weights than the rest are refused; rows made with other
+    method code than today's are marked ``STALE``."""
     check_one_weights(task, version, records)
-    required = required_seeds(records)
+    required = required or required_seeds(records)
     groups: dict[tuple[str, str], list] = {}
     for rec in records:
         groups.setdefault((rec.method.name, format_params(dict(rec.method.params), rec.method.name)), []).append(rec)

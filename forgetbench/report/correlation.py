@@ -3,8 +3,10 @@
 Proxy-FDA reports that forgetting correlates strongly with OTDD between pre-trained and fine-tuned features and
 much less with point-wise L2, without saying what a point is. Here it is explicit: one point per (run, held-out
 dataset) -- optionally also per training checkpoint -- and every table row carries a ``unit`` string saying so.
-Coefficients are Pearson r and Spearman rho with percentile-bootstrap 95% CIs over points. Points of one run (or of
-one dataset) are not independent, so the CIs are optimistic; the unit string makes the pooling visible.
+Coefficients are Pearson r and Spearman rho with percentile-bootstrap 95% CIs. Points of one run are not
+independent (the same fine-tuned encoder, measured on several held-out datasets), so the bootstrap resamples runs
+(clusters: every point of a drawn run comes along), not points; ``scope`` gives the coefficients within each held-out
+dataset (one point per run there) as well as pooled over them.
 """
 from __future__ import annotations
 
@@ -130,6 +132,20 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[np
     return np.concatenate(pear), np.concatenate(spear)
 
 
+def _cluster_bootstrap(x: np.ndarray, y: np.ndarray, clusters: np.ndarray, n_boot: int,
+                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson and Spearman of ``n_boot`` resamples of whole clusters (with replacement, as many as there are)."""
+    rng = np.random.default_rng(seed)
+    _, codes = np.unique(clusters, return_inverse=True)
+    members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
+    pear, spear = np.empty(n_boot), np.empty(n_boot)
+    for b in range(n_boot):
+        idx = np.concatenate([members[c] for c in rng.integers(0, len(members), size=len(members))])
+        pear[b] = _pearson_rows(x[idx][None], y[idx][None])[0]
+        spear[b] = _spearman_rows(x[idx][None], y[idx][None])[0]
+    return pear, spear
+
+
 def _unit(sub: pd.DataFrame) -> str:
     """Plain-words description of what one point is, with the counts behind it."""
     n = len(sub)
@@ -151,14 +167,17 @@ def _unit(sub: pd.DataFrame) -> str:
 
 
 def correlations(df: pd.DataFrame, drifts: Sequence[str] | None = None, target: str = "delta_lp",
-                 n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+                 n_boot: int = 2000, seed: int = 0, cluster: str | None = "run_id",
+                 per_dataset: bool = False) -> pd.DataFrame:
     """Per drift metric: n, Pearson r, Spearman rho and their percentile-bootstrap 95% CIs against ``target``.
 
     Rows with NaN in the drift or the target are skipped (per metric). Fewer than 3 points or a constant column
-    gives NaN coefficients, never an exception. Bootstrap resamples points with replacement from
+    gives NaN coefficients, never an exception. The bootstrap resamples whole clusters (the values of column
+    ``cluster``: runs by default) with replacement, or single points with ``cluster=None``, from
     ``numpy.random.default_rng(seed)``: the same frame and seed give the same CIs. ``n_boot=0`` skips the CIs.
-    Columns: drift, target, n, pearson_r, pearson_lo, pearson_hi, spearman_rho, spearman_lo, spearman_hi,
-    n_boot, unit.
+    ``per_dataset``: after the pooled row of each metric, one row per held-out dataset. Columns: drift, scope
+    ("pooled" or the dataset), target, n, pearson_r, pearson_lo, pearson_hi, spearman_rho, spearman_lo,
+    spearman_hi, n_boot, resampled, unit.
     """
     if drifts is None:  # every registered drift metric, in the figure's order
         drifts = [m.name for m in sorted(drift_metrics(), key=lambda m: m.figure_rank)]
@@ -169,26 +188,46 @@ def correlations(df: pd.DataFrame, drifts: Sequence[str] | None = None, target: 
         raise SpecError(f"correlations: column(s) {missing} not in the points frame; available: {list(df.columns)}")
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise SpecError(f"correlations: n_boot must be an integer >= 0, got {n_boot!r}")
+    if cluster is not None and cluster not in df.columns:
+        raise SpecError(f"correlations: cluster column {cluster!r} not in the points frame; available: "
+                        f"{list(df.columns)}")
+    scopes = [("pooled", df)]
+    if per_dataset:
+        scopes += [(str(name), part) for name, part in df.groupby("dataset", sort=True)]
     out = []
     for d in drifts:
-        sub = df[df[d].notna() & df[target].notna()]
-        x = sub[d].to_numpy(dtype=float)
-        y = sub[target].to_numpy(dtype=float)
-        row = {"drift": d, "target": target, "n": int(x.size), "pearson_r": math.nan, "pearson_lo": math.nan,
-               "pearson_hi": math.nan, "spearman_rho": math.nan, "spearman_lo": math.nan, "spearman_hi": math.nan,
-               "n_boot": int(n_boot), "unit": _unit(sub) if len(sub) else "no points (metric absent)"}
-        if x.size >= 3:
-            row["pearson_r"] = float(_pearson_rows(x[None], y[None])[0])
-            row["spearman_rho"] = float(_spearman_rows(x[None], y[None])[0])
-            if n_boot and math.isfinite(row["pearson_r"]):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    pb, sb = _bootstrap(x, y, int(n_boot), seed)
-                row["pearson_lo"], row["pearson_hi"] = _ci(pb)
-                row["spearman_lo"], row["spearman_hi"] = _ci(sb)
-        out.append(row)
-    return pd.DataFrame(out, columns=["drift", "target", "n", "pearson_r", "pearson_lo", "pearson_hi",
-                                      "spearman_rho", "spearman_lo", "spearman_hi", "n_boot", "unit"])
+        for scope, part in scopes:
+            out.append(_coefficients(part, d, target, scope, int(n_boot), seed, cluster))
+    return pd.DataFrame(out, columns=["drift", "scope", "target", "n", "pearson_r", "pearson_lo", "pearson_hi",
+                                      "spearman_rho", "spearman_lo", "spearman_hi", "n_boot", "resampled", "unit"])
+
+
+def _resampled(cluster: str | None) -> str:
+    return "points" if cluster is None else "runs" if cluster == "run_id" else f"clusters of {cluster}"
+
+
+def _coefficients(df: pd.DataFrame, d: str, target: str, scope: str, n_boot: int, seed: int,
+                  cluster: str | None) -> dict:
+    sub = df[df[d].notna() & df[target].notna()]
+    x = sub[d].to_numpy(dtype=float)
+    y = sub[target].to_numpy(dtype=float)
+    row = {"drift": d, "scope": scope, "target": target, "n": int(x.size), "pearson_r": math.nan,
+           "pearson_lo": math.nan, "pearson_hi": math.nan, "spearman_rho": math.nan, "spearman_lo": math.nan,
+           "spearman_hi": math.nan, "n_boot": n_boot, "resampled": _resampled(cluster),
+           "unit": _unit(sub) if len(sub) else "no points (metric absent)"}
+    if x.size >= 3:
+        row["pearson_r"] = float(_pearson_rows(x[None], y[None])[0])
+        row["spearman_rho"] = float(_spearman_rows(x[None], y[None])[0])
+        if n_boot and math.isfinite(row["pearson_r"]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                if cluster is None:
+                    pb, sb = _bootstrap(x, y, n_boot, seed)
+                else:
+                    pb, sb = _cluster_bootstrap(x, y, sub[cluster].to_numpy(), n_boot, seed)
+            row["pearson_lo"], row["pearson_hi"] = _ci(pb)
+            row["spearman_lo"], row["spearman_hi"] = _ci(sb)
+    return row
 
 
 # ------------------------------------------------------------------------------------------------------- render
@@ -203,8 +242,10 @@ def _ci_str(lo: float, hi: float) -> str:
 
 def correlation_markdown(table: pd.DataFrame) -> str:
     """The ``correlations`` table as a GitHub Markdown table (coefficients to 3 decimals, n/a for NaN)."""
-    rows = [[r.drift, r.target, r.n, _f(r.pearson_r), _ci_str(r.pearson_lo, r.pearson_hi), _f(r.spearman_rho),
-             _ci_str(r.spearman_lo, r.spearman_hi), str(r.unit).replace("|", "\\|")]
+    rows = [[r.drift, r.scope, r.target, r.n, _f(r.pearson_r), _ci_str(r.pearson_lo, r.pearson_hi),
+             _f(r.spearman_rho), _ci_str(r.spearman_lo, r.spearman_hi), r.resampled,
+             str(r.unit).replace("|", "\\|")]
             for r in table.itertuples(index=False)]
-    headers = ["drift", "vs", "n", "Pearson r", "95% CI", "Spearman ρ", "95% CI", "unit of correlation"]
+    headers = ["drift", "scope", "vs", "n", "Pearson r", "95% CI", "Spearman ρ", "95% CI", "bootstrap resamples",
+               "unit of correlation"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)

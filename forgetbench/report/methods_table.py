@@ -22,13 +22,14 @@ def _cell(text: str) -> str:  # a bare "|" would end the Markdown cell
 
 
 def methods_markdown(names: list[str] | None = None) -> str:
-    """One row per method (default: every registered one): its name, what it does, its citation, and each
-    hyper-parameter with its default and the values it accepts."""
+    """One row per method (default: every registered one): its name, what it does, its citation, each
+    hyper-parameter with its default and the values it accepts, and its strength knob's grid."""
     rows = []
     for name in METHODS.names() if names is None else names:
         cls = METHODS.get(name)
         params = ", ".join(f"{k}={p.default}" + (f" ({_accepts(p)})" if _accepts(p) else "")
                            for k, p in cls.hyperparameters.items())
-        rows.append([f"`{name}`", _cell(cls.description), _cell(cls.citation), _cell(params) or "–"])
-    return tabulate(rows, headers=["method", "what it does", "citation", "hyper-parameters: default (accepted)"],
-                    tablefmt="github")
+        knob = cls.strength.describe() if cls.strength is not None else "–"
+        rows.append([f"`{name}`", _cell(cls.description), _cell(cls.citation), _cell(params) or "–", _cell(knob)])
+    return tabulate(rows, headers=["method", "what it does", "citation", "hyper-parameters: default (accepted)",
+                                   "trade-off grid (`sweep --tradeoff`)"], tablefmt="github")

@@ -124,7 +124,7 @@ def plot_correlation(records: Iterable[Mapping[str, Any]], out_prefix: Path, per
             ax.grid(True, linewidth=0.4, alpha=0.5)
         axes[0].set_ylabel(Y_LABEL)
         note = " Hollow markers: training checkpoints." if per_checkpoint and (~df["final"]).any() else ""
-        sub_title = f"Unit of correlation: {unit}. Brackets: bootstrap 95% CI over points.{note}"
+        sub_title = f"Unit of correlation: {unit}. Brackets: bootstrap 95% CI, resampling runs.{note}"
         fig.suptitle(_tasks_title("Forgetting vs feature drift", df["task"]) + "\n"
                      + textwrap.fill(sub_title, int(width * 12)), fontsize=10)
         _legend(fig, colours, line=False)
@@ -133,8 +133,10 @@ def plot_correlation(records: Iterable[Mapping[str, Any]], out_prefix: Path, per
     atomic_write(
         md, "# " + _tasks_title("Forgetting vs feature drift", df["task"]) + "\n\n"
         f"Correlation of each held-out feature drift with ΔLP (points, fine-tuned − pre-trained; negative = "
-        f"forgetting). Brackets are percentile-bootstrap 95% CIs ({n_boot} resamples of points, seed {seed}).\n\n"
-        + correlation_markdown(table) + "\n")
+        f"forgetting). Brackets are percentile-bootstrap 95% CIs ({n_boot} resamples of whole runs, seed {seed}: the "
+        f"points of one run are not independent). Pooled over held-out datasets, then within each.\n\n"
+        + correlation_markdown(correlations(df, drifts=present, target="delta_lp", n_boot=n_boot, seed=seed,
+                                            per_dataset=True)) + "\n")
     return [png, svg, md]
 
 

@@ -6,9 +6,9 @@ validates it; every problem becomes one ``SpecError`` line that starts with ``fi
 """
 from .files import load_task_text
 from .lookup import ENV_TASKS_PATH, TASKS, check_names, load_task, shipped_tasks_dir, tasks_dirs
-from .spec import (ANCHORS, ClassSplitSpec, EvalSpec, FinetuneSpec, LinearProbeSpec, PaperTarget, SequenceSpec,
-                   TaskSpec, TrainSpec, TUNABLE, TuningSpec)
+from .spec import (ANCHORS, ClassSplitSpec, EvalSpec, FinetuneSpec, LinearProbeSpec, PaperTarget, SelectionSpec,
+                   SequenceSpec, TaskSpec, TrainSpec, TUNABLE, TuningSpec)
 
 __all__ = ["ANCHORS", "ClassSplitSpec", "ENV_TASKS_PATH", "EvalSpec", "FinetuneSpec", "LinearProbeSpec", "PaperTarget",
-           "SequenceSpec", "TASKS", "TUNABLE", "TaskSpec", "TrainSpec", "TuningSpec", "check_names", "load_task",
+           "SelectionSpec", "SequenceSpec", "TASKS", "TUNABLE", "TaskSpec", "TrainSpec", "TuningSpec", "check_names", "load_task",
            "load_task_text", "shipped_tasks_dir", "tasks_dirs"]

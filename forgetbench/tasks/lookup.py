@@ -115,6 +115,7 @@ def check_names(spec: TaskSpec, datasets: Any, models: Any, methods: Any) -> Non
     checks += [(f"methods[{i}]", m, methods) for i, m in enumerate(spec.methods)]
     checks += [(join("method_params", m), m, methods) for m in spec.method_params]
     checks += [("tuning.method", spec.tuning.method, methods)] if spec.tuning is not None else []
+    checks += [("selection.reference", spec.selection.reference, methods)] if spec.selection is not None else []
     for path, name, registry in checks:
         try:
             registry.get(name)

@@ -271,6 +271,20 @@ class TuningSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SelectionSpec:
+    """How a method's leaderboard setting is chosen from its strength sweep, without reading a test metric: per
+    method, the strongest setting of its grid (the one that moves the model least) whose mean target validation
+    accuracy is within ``within`` points of ``reference``'s (at the task's training hyper-parameters); its test
+    numbers, over ``seeds`` seeds, are the method's row ("ΔLP at matched gain"). A task with this section fits the
+    linear-probe head a fine-tune starts from on the training split only, so that the validation labels stay unseen
+    until the selection reads them."""
+
+    reference: str = entry(Text("a method name"), "ft")
+    within: float = entry(Number(ge=0, coerce=True), 1.0)
+    seeds: int = entry(Integer(ge=1), 5)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     """One validated task. Build it with ``from_dict`` or ``load_task``; ``to_dict`` gives the resolved record form.
 
@@ -295,6 +309,7 @@ class TaskSpec:
     seeds: tuple[int, ...] = entry(ListOf(_SEED))
     targets: tuple[PaperTarget, ...] | None = entry(Nullable(ListOf(Section(PaperTarget))), None, omit_if_none=True)
     tuning: TuningSpec | None = entry(Nullable(Section(TuningSpec)), None, omit_if_none=True)  # where train came from
+    selection: SelectionSpec | None = entry(Nullable(Section(SelectionSpec)), None, omit_if_none=True)
     source: str = internal("<dict>")
     lines: Mapping[str, int] = internal(factory=dict)
 
