@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from forgetbench.cli import main
+from forgetbench.evaluate.per_image import accuracy, pack, unpack
 from forgetbench.records import ResultStore
 from forgetbench.records.agreement import TOLERANCE, agree, disagreements
 from forgetbench.run import run_one
@@ -44,12 +46,19 @@ def _lines(path, *records):
     return path
 
 
-def _forged(record: dict, points: float) -> dict:
-    """The record with its target accuracy raised by ``points`` and its gain with it: consistent, invented."""
+def _forged(record: dict, points: float, images: bool = False) -> dict:
+    """The record with its target accuracy raised by ``points`` and its gain with it; with ``images``, also as many
+    more test images marked correct, so that it passes validation: consistent, invented."""
     forged = json.loads(json.dumps(record))
     target = forged["metrics"]["target"]
     target["acc"] += points
     target["gain"] = target["acc"] - target["acc_reference"]
+    if images:
+        correct = unpack(target["correct"]["acc"])
+        flip = np.flatnonzero(~correct)[:round(points / 100 * len(correct))]
+        correct[flip] = True
+        target["correct"]["acc"], target["acc"] = pack(correct), accuracy(pack(correct))
+        target["gain"] = target["acc"] - target["acc_reference"]
     return forged
 
 
@@ -63,7 +72,7 @@ def test_the_tolerance_accepts_a_thread_count_rerun_and_refuses_a_tenth_of_a_poi
 def test_verify_passes_a_genuine_record_and_refuses_a_forged_one(tiny, tmp_path, capsys):
     genuine = _run(tiny, torch.get_num_threads())
     good = _lines(tmp_path / "genuine.jsonl", genuine)
-    forged = _lines(tmp_path / "forged.jsonl", _forged(genuine, 1.0))
+    forged = _lines(tmp_path / "forged.jsonl", _forged(genuine, 1.0, images=True))
     assert main(["verify", str(good), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "1 agree, 0 disagree, 0 skipped" in out
