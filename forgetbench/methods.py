@@ -258,8 +258,9 @@ def register(cls: type[Method]) -> type[Method]:
 _FILE_METHODS: dict[str, list[str]] = {}  # resolved path of a user method file -> the names it registered
 
 
-def _import_file(path: Path) -> list[str]:
-    """Import a method file once; returns the method names it registered."""
+def _import_file(path: Path, data: bytes | None = None) -> list[str]:
+    """Import a method file once; returns the method names it registered. With ``data``, those bytes are run as the
+    file (bytes already checked, e.g. against a hash: the file is not read again)."""
     key = str(path.resolve())
     if key not in _FILE_METHODS:
         before = set(METHODS._items)
@@ -268,7 +269,10 @@ def _import_file(path: Path) -> list[str]:
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         try:
-            spec.loader.exec_module(module)
+            if data is None:
+                spec.loader.exec_module(module)
+            else:
+                exec(compile(data, str(path), "exec"), module.__dict__)
         except SyntaxError as e:  # one line where the file is wrong, not a traceback through the importer
             _forget(module_name, before)
             raise SpecError(f"method file {path}:{e.lineno}: syntax error: {e.msg}; no run was started") from None
@@ -340,6 +344,13 @@ def get_method(name_or_path: str) -> type[Method]:
                                    f"@forgetbench.methods.register)")
         return METHODS.get(added[0])
     return METHODS.get(name_or_path)
+
+
+def import_method_code(path: Path, data: bytes) -> list[str]:
+    """Run ``data`` (a method file's bytes, already checked against its hash) as the file ``path``; returns the
+    method names it registered. Only ``verify --allow-code`` calls this (``forgetbench.method_sources``)."""
+    METHODS.names()  # the baselines first, so the file's own registrations are told apart
+    return _import_file(path, data)
 
 
 def learning_rate(method: Method, task_lr: float) -> float:

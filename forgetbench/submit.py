@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from .errors import SpecError
 from .records import ResultStore, record_problems
 from .records.agreement import agree, disagreements
+from .method_sources import MethodSources, carried
 from .records.store import StoredMeanwhile
 
 #: Larger files are refused unread: a results file of thousands of runs is a few MiB.
@@ -71,6 +72,7 @@ class Submission:
     records: list[tuple[int, dict]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     already_stored: list[str] = field(default_factory=list)  # run ids stored before, agreeing (records.agreement)
+    carried: dict[str, str] = field(default_factory=dict)  # method source sha256 -> method, of every valid record
 
     def problem(self, line: int | None, where: str, message: str) -> None:
         self.problems.append(Problem(str(self.path), line, where, message))
@@ -82,6 +84,7 @@ class MergeResult:
 
     added: dict[Path, int]
     already_stored: list[str]
+    sources: list[Path] = field(default_factory=list)  # method sources stored (``forgetbench.method_sources``)
 
 
 # ------------------------------------------------------------------------------------------------------- reading
@@ -233,6 +236,7 @@ def check_submission(path: str | os.PathLike, results: str | os.PathLike | None 
         if not problems:
             good.append((lineno, rec))
     sub.records = good
+    sub.carried = carried(good)
     if results is None or sub.problems:
         return sub
     store = ResultStore(results)
@@ -256,14 +260,19 @@ def check_submission(path: str | os.PathLike, results: str | os.PathLike | None 
 
 # ------------------------------------------------------------------------------------------------------- merging
 
-def submit(path: str | os.PathLike, results: str | os.PathLike = "results") -> MergeResult:
+def submit(path: str | os.PathLike, results: str | os.PathLike = "results",
+           sources: MethodSources | None = None) -> MergeResult:
     """Check a submission and append its records to ``results/<task>.jsonl``; raise SubmissionError on any problem.
+    ``sources``' given method files (data, never imported) must each be one a record carries the sha256 of; they
+    are stored once the records are.
 
     All or nothing (``ResultStore.merge``): on refusal or error the results folder is left byte for byte as it was.
     """
     sub = check_submission(path, results)
     if sub.problems:
         raise SubmissionError(sub.problems)
+    if sources is not None:
+        sources.require_claimed(sub.carried, path)
     by_task: dict[str, list[tuple[int, dict]]] = {}
     for lineno, rec in sub.records:
         by_task.setdefault(rec["task"]["name"], []).append((lineno, rec))
@@ -272,4 +281,5 @@ def submit(path: str | os.PathLike, results: str | os.PathLike = "results") -> M
     except StoredMeanwhile as e:  # a concurrent run or submission stored it after the check
         raise SubmissionError([Problem(str(path), e.line, "run_id", f"run {e.run_id} was stored in {e.path} while "
                                                                     "this submission was being merged")]) from None
-    return MergeResult({p: n for p, n in added.items() if n}, sub.already_stored + added.already_stored)
+    stored = sources.store() if sources is not None else []  # after the records: a refused merge writes nothing
+    return MergeResult({p: n for p, n in added.items() if n}, sub.already_stored + added.already_stored, stored)

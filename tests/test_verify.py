@@ -1,6 +1,7 @@
 """The reproducibility tolerance on real reruns, and `forgetbench verify` on a genuine and a forged record."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from forgetbench import methods
 from forgetbench.cli import main
 from forgetbench.evaluate.per_image import accuracy, pack, unpack
 from forgetbench.records import ResultStore
@@ -17,6 +19,7 @@ from forgetbench.tasks import load_task
 from forgetbench.tasks.lookup import ENV_TASKS_PATH
 
 from pipeline_helpers import tiny_task
+from test_method_files import METHOD
 
 
 @pytest.fixture
@@ -29,11 +32,11 @@ def tiny(tmp_path, monkeypatch, cache):
     return load_task("tiny")
 
 
-def _run(task, threads: int) -> dict:
+def _run(task, threads: int, method: str = "ft") -> dict:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        record = run_one(task, "ft", 0, progress=False).to_json()
+        record = run_one(task, method, 0, progress=False).to_json()
     finally:
         torch.set_num_threads(before)
     record["provenance"]["git_commit"] = record["provenance"].get("git_commit") or "0" * 40  # a submittable record
@@ -99,3 +102,77 @@ def test_a_method_not_registered_here_is_skipped_not_verified(tiny, tmp_path, ca
     record["run_id"] = run_id("tiny", record["task"]["version"], "someone-elses-method", record["method"]["params"], 0)
     assert main(["verify", str(_lines(tmp_path / "other.jsonl", record)), "--quiet"]) == 1
     assert "is not registered here" in capsys.readouterr().out
+
+
+# The README's example method, noting every file it is run from: a verifier must run it only when asked, and only from
+# the bytes the record names.
+NOTED = METHOD.replace("import torch.nn.functional as F\n", "import os\n\nimport torch.nn.functional as F\n\n"
+                       "with open(os.environ['METHOD_IMPORTED'], 'a') as f:\n    f.write(__file__ + '\\n')\n", 1)
+
+
+@pytest.fixture
+def forget_methods(monkeypatch):
+    """Call it to forget the methods files registered in this process (an author's and a verifier's processes are
+    two); the registry is restored after the test."""
+    methods.METHODS.names()
+    monkeypatch.setattr(methods.METHODS, "_items", dict(methods.METHODS._items))
+    monkeypatch.setattr(methods, "_FILE_METHODS", {})
+    shipped = dict(methods.METHODS._items)
+
+    def forget():
+        methods.METHODS._items.clear()
+        methods.METHODS._items.update(shipped)
+        methods._FILE_METHODS.clear()
+    return forget
+
+
+def test_a_file_method_is_re_run_from_its_stored_source_only_with_allow_code(tiny, tmp_path, capsys, monkeypatch,
+                                                                              forget_methods):
+    author = tmp_path / "cosine_distill_file.py"
+    author.write_text(NOTED)
+    imported = tmp_path / "imported.txt"
+    monkeypatch.setenv("METHOD_IMPORTED", str(imported))
+    record = _run(tiny, torch.get_num_threads(), method=str(author))
+    forget_methods()
+    imported.unlink()
+    sub, results = _lines(tmp_path / "sub.jsonl", record), tmp_path / "results"
+    assert main(["submit", str(sub), "--method-source", str(author), "--results", str(results)]) == 0
+    stored = results / "method-sources" / f"{record['method']['source_sha256']}.py"
+    assert stored.read_bytes() == author.read_bytes() and not imported.exists()
+    verify = ["verify", str(sub), "--results", str(results), "--quiet"]
+
+    assert main(verify) == 1  # off by default: skipped, saying how to allow it
+    out = capsys.readouterr().out
+    assert "0 agree, 0 disagree, 1 skipped" in out and f"its source is {stored}: add --allow-code" in out
+    assert not imported.exists()
+
+    assert main(verify + ["--allow-code"]) == 0
+    out = capsys.readouterr().out
+    assert "1 agree, 0 disagree, 0 skipped" in out and "other code" not in out
+    assert imported.read_text() == f"{stored}\n"  # run once, from the stored bytes
+
+    forget_methods()
+    imported.unlink()
+    tampered = stored.read_bytes() + b"\nprint('changed after it was stored')\n"
+    stored.write_bytes(tampered)
+    assert main(verify + ["--allow-code"]) == 1
+    out = capsys.readouterr().out
+    assert "1 skipped" in out and f"{stored}: refused, not loaded: its bytes hash to " \
+                                  f"{hashlib.sha256(tampered).hexdigest()}, not to the {stored.stem}" in out
+    assert not imported.exists()  # refused before it was imported
+
+
+def test_a_re_run_with_other_code_of_the_method_says_so(tiny, tmp_path, capsys, monkeypatch, forget_methods):
+    """The verifier's copy of the method changed since the record (here a comment): the outcome names the code."""
+    author, copy = tmp_path / "cosine_distill_file.py", tmp_path / "verifiers_copy.py"
+    author.write_text(NOTED)
+    copy.write_text(NOTED + "# edited since\n")
+    monkeypatch.setenv("METHOD_IMPORTED", str(tmp_path / "imported.txt"))
+    record = _run(tiny, torch.get_num_threads(), method=str(author))
+    forget_methods()
+    sub = _lines(tmp_path / "sub.jsonl", record)
+    assert main(["verify", str(sub), "--method-file", str(copy), "--quiet"]) == 0  # the numbers agree
+    out = capsys.readouterr().out
+    old, new = record["method"]["source_sha256"], hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert f"agrees (made with other code of cosine-distill-file (sha256 {old[:12]}… in the record vs " \
+           f"{new[:12]}… here))" in out

@@ -58,6 +58,12 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-seed", type=int, default=0, help="seed of that sample (default 0)")
     p.add_argument("--method-file", action="append", default=[], metavar="PY", help="load a method not in "
                    "baselines/ from this .py file to re-run its records (repeatable; it is code: only files you trust)")
+    p.add_argument("--method-source", action="append", default=[], metavar="PY", help="a method's .py file carried "
+                   "with the file, as data: one whose sha256 a record carries in method.source_sha256 (repeatable; "
+                   "submit stores it as RESULTS/method-sources/<sha256>.py)")
+    p.add_argument("--allow-code", action="store_true", help="re-run a method not registered here from its source "
+                   "(--method-source or RESULTS/method-sources/) after checking its sha256 against the record; that "
+                   "runs the file as code (default: such records are skipped)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -187,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     ve = sub.add_parser("verify", help="re-run a result file's records (all of mini tasks, a seeded sample of costly "
                         "ones) and check they agree within the reproducibility tolerance; writes nothing")
     ve.add_argument("file", help="result file (JSON lines)")
+    ve.add_argument("--results", default="results", help="results folder whose stored method sources --allow-code "
+                    "may run (default results/); verify writes nothing there")
     _add_verify_args(ve)
     ve.set_defaults(handler="results:cmd_verify")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..audit import FailCondition, audit, write_report
 from ..errors import SpecError
+from ..method_sources import MethodSources
 from ..protocol import figure_protocol
 from ..records import ResultStore
 from ..report.html import write_leaderboard_html
@@ -61,7 +62,7 @@ def cmd_validate_results(args) -> int:
     return status
 
 
-def _verify(args):
+def _verify(args, sources: MethodSources):
     """The verification outcomes of ``args.file`` (``verify`` and ``submit --verify``), printed as they come."""
     from ..methods import get_method
     from ..progress import set_quiet
@@ -75,7 +76,7 @@ def _verify(args):
         get_method(path)
     set_quiet(args.quiet)
     outcomes = verify(args.file, sample=args.sample, seed=args.sample_seed, device=args.device,
-                      progress=not args.quiet)
+                      progress=not args.quiet, sources=sources, allow_code=args.allow_code)
     counts = Counter(o.status for o in outcomes)
     print(f"{args.file}: {counts['agrees']} agree, {counts['disagrees']} disagree, {counts['skipped']} skipped "
           f"(tolerance {TOLERANCE})")
@@ -83,12 +84,13 @@ def _verify(args):
 
 
 def cmd_verify(args) -> int:
-    outcomes = _verify(args)
+    outcomes = _verify(args, MethodSources(args.results, args.method_source))
     return 0 if outcomes and all(o.status == "agrees" for o in outcomes) else 1
 
 
 def cmd_submit(args) -> int:
-    outcomes = _verify(args) if args.verify else []
+    sources = MethodSources(args.results, args.method_source)  # read now: a missing file fails before any work
+    outcomes = _verify(args, sources) if args.verify else []
     refused = [o for o in outcomes if o.status == "disagrees"]
     if refused:
         for o in refused:
@@ -97,7 +99,7 @@ def cmd_submit(args) -> int:
               f"{args.results}/ is unchanged", file=sys.stderr)
         return 2
     try:
-        result = submit(args.file, args.results)
+        result = submit(args.file, args.results, sources)
     except SubmissionError as e:
         _print_problems(e.problems)
         print(f"forgetbench: error: {args.file}: refused ({len(e.problems)} problem(s)); {args.results}/ is unchanged",
@@ -105,6 +107,8 @@ def cmd_submit(args) -> int:
         return e.exit_code
     for path, n in result.added.items():
         print(f"added {n} record(s) to {path}")
+    for path in result.sources:
+        print(f"stored method source {path} (data: run only by `verify --allow-code`)")
     if outcomes:
         print(f"{record_verified(args.results, outcomes)} run(s) marked verified in {args.results}/{VERIFIED_FILE}")
     if result.already_stored:

@@ -8,7 +8,9 @@ features, probe weights and drift estimates in their last digits. Two records of
   ``|a - b| <= ATOL + RTOL * max(|a|, |b|)``, and
 - everything else they measure is equal: the pre-trained weights' hash, the keys, list lengths, words and flags.
 
-Timings, provenance and the training log are not measurements of the run and are not compared.
+Timings, provenance and the training log are not measurements of the run and are not compared; nor is the hash of
+the method's source file (``method.source_sha256``): it says which code made the record, not what the run measured.
+``forgetbench verify`` names a differing one beside the numbers' verdict, and the leaderboard marks such rows stale.
 
 Why these numbers (``python bench/reproducibility_noise.py --methods ft``: ``mini-noise``, ``ft``, seed 0, each run
 in its own process with its own empty cache, on a loaded 2-core machine, 34 minutes for the three runs): one torch/OpenMP thread against two moved
