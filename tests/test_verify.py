@@ -115,9 +115,10 @@ def forget_methods(monkeypatch):
     """Call it to forget the methods files registered in this process (an author's and a verifier's processes are
     two); the registry is restored after the test."""
     methods.METHODS.names()
-    monkeypatch.setattr(methods.METHODS, "_items", dict(methods.METHODS._items))
+    earlier = {name for names in methods._FILE_METHODS.values() for name in names}  # other tests' method files
+    shipped = {k: v for k, v in methods.METHODS._items.items() if k not in earlier}
+    monkeypatch.setattr(methods.METHODS, "_items", dict(shipped))
     monkeypatch.setattr(methods, "_FILE_METHODS", {})
-    shipped = dict(methods.METHODS._items)
 
     def forget():
         methods.METHODS._items.clear()
