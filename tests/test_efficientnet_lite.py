@@ -156,9 +156,10 @@ def test_ldifs_taps_five_depths_of_a_convnet():
     assert points == [model.visual.get_submodule(f"blocks.{i}") for i in (0, 1, 2, 4, 6)]
 
 
+@needs_weights  # a dry run refuses missing weights, and the task's are the `real` extra's package
 def test_every_core_method_steps_on_the_real_task(capsys):
-    """The real task's model (random weights of the same architecture when the package is absent) through one step
-    of each of the six core methods, LP-FT included (the task leaves it out only because it equals ft here)."""
+    """The real task's model through one step of each of the six core methods, LP-FT included (the task leaves it
+    out only because it equals ft here)."""
     from forgetbench.dryrun import dry_run
     from forgetbench.tasks import load_task
 
