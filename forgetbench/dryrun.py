@@ -96,7 +96,10 @@ def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed:
     with ``allow_missing`` it goes on with seeded random weights and says in its last line what it did not check."""
     check_names(task, DATASETS, MODELS, METHODS)
     for m in methods:
-        get_method(m)
+        protocol_for(task).check_method(get_method(m))
+    own = getattr(protocol_for(task), "dry_run", None)  # a protocol with its own training loop steps it itself
+    if own is not None:
+        return own(task, methods, device=device, batch=batch, seed=seed, out=out, allow_missing=allow_missing)
     missing = missing_inputs(task)
     if missing and not allow_missing:
         raise DataError(f"dry run of {task.name}: missing {'; '.join(missing)}; a run would fail (--allow-missing "
