@@ -13,44 +13,22 @@ from typing import Any
 
 import torch
 
-from ..data import real
-from ..dryrun import _scratch_cache, dataset_info, fake_dataset
-from ..errors import DataError, ForgetbenchError
+from ..dryrun import _scratch_cache, build_model, dataset_info, fake_dataset, missing_inputs, refuse_missing
+from ..errors import DataError
 from ..features import extract
 from ..methods import get_method
-from ..models import get_model
-from ..models.specs import random_variant, weights_location
 from ..prompt_tuning import PromptContext, PromptLearner, base_new_classes
 from .prompt_tuning import train_prompt
-
-
-def missing_inputs(task: Any) -> list[str]:
-    """The model's weights and the real datasets' files this machine lacks."""
-    missing = []
-    try:
-        weights_location(task.model)
-    except ForgetbenchError as e:
-        missing.append(f"weights of {task.model} ({e})")
-    for name in task.prompt_tuning.datasets:
-        if name in real.by_name() and not (where := real.status(name)).startswith("found"):
-            missing.append(f"dataset {name} ({where})")
-    return missing
 
 
 def dry_run_prompt(protocol: Any, task: Any, methods: list[str], device: str, batch: int, seed: int, out: Any,
                    allow_missing: bool) -> None:
     spec = task.prompt_tuning
-    missing = missing_inputs(task)
-    if missing and not allow_missing:
-        raise DataError(f"dry run of {task.name}: missing {'; '.join(missing)}; a run would fail (--allow-missing "
-                        f"steps through with random weights instead)")
+    missing = missing_inputs(task, list(spec.datasets))
+    refuse_missing(task, missing, allow_missing)
     out(f"dry run of {task.name} v{task.version} (nothing is written): {protocol.describe(task)}")
     t = time.time()
-    try:
-        where, built_from = weights_location(task.model), task.model
-    except ForgetbenchError as e:
-        where, built_from = f"not available here: {e}", random_variant(task.model)
-    model = get_model(built_from)
+    model, where, built_from = build_model(task)
     if model.text_model is None:
         raise DataError(f"model {task.model!r} has no open_clip text tower: prompt tuning needs one")
     model.text_model.to(device).eval()

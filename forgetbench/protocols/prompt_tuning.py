@@ -15,6 +15,7 @@ seeds and test images.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..data import ImageDataset, get_dataset
 from ..data.base import split_labels
@@ -37,7 +39,7 @@ from ..prompt_tuning import (PromptBatch, PromptContext, PromptLearner, PromptMe
                              harmonic_mean, kshot_indices)
 from ..protocol import Protocol, register_protocol
 from ..records.base import RunRecord
-from ..report.board import Board, Column, build_board, fmt
+from ..report.board import Board, Column, build_board, fmt, format_params
 from ..report.bootstrap import ImageDraws, interval_of, mean_draws
 from ..schema import Choice, Integer, MapOf, Problems, Section, entry, extras, join
 from ..train import lr_lambda, seed_everything
@@ -148,8 +150,6 @@ def shots_view(dataset: ImageDataset, split: str, indices: np.ndarray) -> ImageD
 
 
 def hash_indices(indices: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
@@ -195,8 +195,6 @@ def train_prompt(method: PromptMethod, ctx: PromptContext, steps: int, seed: int
     n = len(features)
     generator = torch.Generator().manual_seed(seed)
     order, at, loss_value = torch.randperm(n, generator=generator), 0, None
-    from tqdm.auto import tqdm
-
     for step in tqdm(range(steps), desc=f"prompt {ctx.dataset}", unit="step", leave=False,
                      disable=not progress or bar_disable()):
         if at >= n:  # a new epoch: a new order
@@ -255,7 +253,7 @@ def tune_dataset(task: Any, method: PromptMethod, reference: FrozenModel, evalua
                "zs_new": _correct(test, test_y, new, handcrafted[new])}
     init = None
     if spec.context_init is not None:  # the hand-crafted prompt the context starts from, through the plain text path
-        words = torch.nn.functional.normalize(model.encode_text(
+        words = F.normalize(model.encode_text(
             [f"{spec.context_init} {n.replace('_', ' ')}." for n in names]).to(device), dim=-1)
         init = _scores(_correct(test, test_y, base, words[base]), _correct(test, test_y, new, words[new]))
     learned_scores = _scores(correct["base"], correct["new"])
@@ -385,8 +383,6 @@ def prompt_board(task: str, version: int, records: list, older: str | None) -> B
             f"{INTERVAL_NOTE}. Ranked by H.")
     board = build_board(task, version, records, older, note, columns, rank_by="H")
     groups: dict[tuple[str, str], list] = {}
-    from ..report.board import format_params
-
     for r in records:
         groups.setdefault((r.method.name, format_params(dict(r.method.params), r.method.name)), []).append(r)
     sizes = {n: len(unpack(d.correct["base"])) for n, d in first.metrics.datasets.items()}
