@@ -69,14 +69,15 @@ def fake_dataset(name: str, classnames: list[str], templates: list[str], splits:
                         fingerprint=f"dry-run:{name}:{n}:{seed}")
 
 
-def missing_inputs(task) -> list[str]:
-    """What a run of ``task`` needs and this machine lacks: the model's weights, a real dataset's files."""
+def missing_inputs(task, datasets: list[str] | None = None) -> list[str]:
+    """What a run of ``task`` needs and this machine lacks: the model's weights, a real dataset's files (of
+    ``datasets``; default: the fine-tune and held-out ones)."""
     missing = []
     try:
         weights_location(task.model)
     except ForgetbenchError as e:
         missing.append(f"weights of {task.model} ({e})")
-    for name in _dataset_names(task):
+    for name in _dataset_names(task) if datasets is None else datasets:
         if name in real.by_name() and not (where := real.status(name)).startswith("found"):
             missing.append(f"dataset {name} ({where})")
     return missing
@@ -88,6 +89,23 @@ def _dataset_names(task) -> list[str]:
     return [target_name, *[d for d in task.evaluate.datasets if d != target_name]]
 
 
+def refuse_missing(task, missing: list[str], allow_missing: bool) -> None:
+    """One DataError listing everything missing, unless ``allow_missing``."""
+    if missing and not allow_missing:
+        raise DataError(f"dry run of {task.name}: missing {'; '.join(missing)}; a run would fail (--allow-missing "
+                        f"steps through with random weights instead)")
+
+
+def build_model(task) -> tuple:
+    """(model, where its weights are, what it was built from): the task's model, or a seeded random variant of its
+    architecture when its weights are not here."""
+    try:
+        where, built_from = weights_location(task.model), task.model
+    except ForgetbenchError as e:
+        where, built_from = f"not available here: {e}", random_variant(task.model)
+    return get_model(built_from), where, built_from
+
+
 def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed: int = 0, out=print,
             allow_missing: bool = False) -> None:
     """Print what a run of ``task`` would use and run one step per method; raise on the first real problem.
@@ -96,19 +114,15 @@ def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed:
     with ``allow_missing`` it goes on with seeded random weights and says in its last line what it did not check."""
     check_names(task, DATASETS, MODELS, METHODS)
     for m in methods:
-        get_method(m)
+        protocol_for(task).check_method(get_method(m))
+    own = getattr(protocol_for(task), "dry_run", None)  # a protocol with its own training loop steps it itself
+    if own is not None:
+        return own(task, methods, device=device, batch=batch, seed=seed, out=out, allow_missing=allow_missing)
     missing = missing_inputs(task)
-    if missing and not allow_missing:
-        raise DataError(f"dry run of {task.name}: missing {'; '.join(missing)}; a run would fail (--allow-missing "
-                        f"steps through with random weights instead)")
+    refuse_missing(task, missing, allow_missing)
     out(f"dry run of {task.name} v{task.version} (nothing is written)")
     t = time.time()
-    try:
-        where = weights_location(task.model)
-        built_from = task.model
-    except ForgetbenchError as e:
-        where, built_from = f"not available here: {e}", random_variant(task.model)
-    model = get_model(built_from)
+    model, where, built_from = build_model(task)
     model.visual.to(device).eval()
     n_params = sum(p.numel() for p in model.visual.parameters())
     out(f"  model {task.model}: weights {where}")

@@ -23,7 +23,7 @@ from .schema import Problems
 
 #: The protocol of a task that neither names one nor has a section another protocol claims.
 DEFAULT = "finetune"
-_BUILT_IN = ("finetune", "absent", "sequence")
+_BUILT_IN = ("finetune", "absent", "sequence", "prompt_tuning")
 
 #: Every protocol, by name; entries are classes, in registration order (``entries()``).
 PROTOCOLS = Registry("protocol")
@@ -61,6 +61,13 @@ class Protocol:
 
     def check_names(self, task: Any, datasets: Registry) -> None:
         """Names the task uses beyond the registries' (class names, say); raise a ``SpecError`` at the field."""
+
+    def check_method(self, method: type) -> None:
+        """Refuse, before any work, a method written for another protocol (its class names it in ``protocol``)."""
+        own = getattr(method, "protocol", None)
+        if own is not None and own != self.name:
+            raise SpecError(f"method {method.name!r} runs under the {own} protocol only; a {self.name} task cannot "
+                            f"run it")
 
     def check_execution(self, options: dict[str, Any]) -> None:
         """Refuse execution options (checkpoints, micro-batches, ...) this protocol does not honour yet."""

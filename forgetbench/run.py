@@ -137,6 +137,7 @@ def run_one(task, method_name: str, seed: int, store: ResultStore | None = None,
     protocol = protocol_for(task)
     options = options or TrainOptions()
     method_cls = get_method(method_name)
+    protocol.check_method(method_cls)
     runs = []
     for overrides in [params or {}, *variants]:
         resolved = method_cls.check_params({**task.params_for(method_cls.name), **overrides})

@@ -79,6 +79,8 @@ def load_methods(task, methods: list[str]) -> list:
     Method files load first, so that the task's ``method_params`` may name the methods they register."""
     classes = [get_method(m) for m in methods]
     check_names(task, DATASETS, MODELS, METHODS)  # with them, the task's method_params of every method
+    for cls in classes:
+        protocol_for(task).check_method(cls)
     return classes
 
 

@@ -87,6 +87,10 @@ class Model:
     feature_dim: int
     encode_text: Optional[Callable[[list[str]], torch.Tensor]] = None
     logit_scale: float = 100.0
+    #: the open_clip CLIP behind ``encode_text`` and its tokenizer (prompts -> token ids): what prompt tuning reads the
+    #: token embedding, positional embedding, text transformer and projection from (None for other models)
+    text_model: Optional[nn.Module] = None
+    tokenize: Optional[Callable[[list[str]], torch.Tensor]] = None
 
     @property
     def has_text(self) -> bool:

@@ -41,6 +41,8 @@ def wrap_openclip(name: str, config_name: str, clip: torch.nn.Module, preprocess
         feature_dim=clip.visual.output_dim,
         encode_text=encode_text,
         logit_scale=float(clip.logit_scale.exp()),
+        text_model=clip,
+        tokenize=tokenizer,
     )
 
 

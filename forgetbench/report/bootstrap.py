@@ -86,12 +86,22 @@ def _seed_draws(n_runs: int, images: ImageDraws, salt: int) -> np.ndarray:
     return rng.multinomial(n_runs, np.full(n_runs, 1.0 / n_runs), size=images.draws).astype(np.float64)
 
 
-def mean_delta_interval(runs: Sequence[Mapping[str, np.ndarray]], images: ImageDraws, salt: int = 0) -> Interval:
-    """Mean ΔLP over ``runs`` (each ``differences(record)``) with its paired bootstrap interval."""
+def mean_draws(runs: Sequence[Mapping[str, np.ndarray]], images: ImageDraws, salt: int = 0) -> tuple[float, np.ndarray]:
+    """(point, [draws]): the mean over ``runs`` of each run's per-image values (dataset -> [n]) averaged per dataset
+    and over datasets, in points (x 100), as measured and under each joint draw of seeds and images."""
     point, per_draw = _per_run_draws(runs, images)
     seeds = _seed_draws(len(runs), images, salt)
-    draws = (seeds * per_draw.T).sum(1) / len(runs)
-    return _interval(point.mean(), draws)
+    return float(point.mean()), (seeds * per_draw.T).sum(1) / len(runs)
+
+
+def interval_of(point: float, draws: np.ndarray) -> Interval:
+    """The percentile interval (``LEVEL``) of ``draws`` around ``point``."""
+    return _interval(point, draws)
+
+
+def mean_delta_interval(runs: Sequence[Mapping[str, np.ndarray]], images: ImageDraws, salt: int = 0) -> Interval:
+    """Mean ΔLP over ``runs`` (each ``differences(record)``) with its paired bootstrap interval."""
+    return _interval(*mean_draws(runs, images, salt))
 
 
 def paired_difference(a: Mapping[int, Mapping[str, np.ndarray]], b: Mapping[int, Mapping[str, np.ndarray]],

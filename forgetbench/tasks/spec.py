@@ -27,6 +27,8 @@ HEAD_INITS = ("zeroshot", "linear-probe")
 BATCHNORM = ("frozen",)  # train.batchnorm: what BatchNorm layers do while fine-tuning (unset: batch statistics)
 ANCHORS = ("previous", "original")  # what a sequence step's method regularises towards
 SEQUENCE_ACCURACIES = ("zs", "lp")  # what fills a sequence's accuracy matrix
+CLASS_TOKEN_POSITIONS = ("end",)  # where a learned prompt puts the class name (CoOp's default; "middle"/"front" not yet)
+BASE_NEW_SPLITS = ("first-half",)  # how a dataset's classes are cut into base and new
 #: The parts of a task that do not define the measurement: its name, its words, and its default methods and seeds.
 #: ``tuning`` documents how ``train`` was chosen; the chosen values themselves are in ``train``.
 NOT_PROTOCOL = ("name", "version", "description", "methods", "method_params", "seeds", "targets", "tuning")
@@ -128,6 +130,32 @@ class SequenceSpec:
             if name not in self.datasets:
                 problems.add(join(f"{path}.lr", name), f"not a dataset of sequence.datasets"
                                                        f"{hint(name, self.datasets)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptTuningSpec:
+    """Few-shot prompt tuning, base-to-new (CoOp / CoCoOp): per dataset, learn ``context_tokens`` context vectors in
+    front of the class name ("[ctx_1] ... [ctx_M] [class]."), both towers frozen, on ``shots`` training images per
+    base class (sampled by the seed); score base and new classes of the test split, each among its own half.
+
+    ``split`` "first-half": base classes are the first ceil(C/2) by class index, new the rest (CoOp's rule).
+    ``context_init``: the words the context starts from (their token count must be ``context_tokens``), or null for
+    random vectors (normal, std 0.02, seeded). ``epochs`` overrides ``train.epochs`` for some datasets (CoOp trains
+    ImageNet 50 epochs, the others 200)."""
+
+    datasets: tuple[str, ...] = entry(ListOf(_DATASET))
+    shots: int = entry(Integer(ge=1), 16)
+    context_tokens: int = entry(Integer(ge=1), 4)
+    context_init: str | None = entry(Nullable(Text("words such as 'a photo of a'")), "a photo of a")
+    class_token_position: str = entry(Choice(CLASS_TOKEN_POSITIONS), "end")
+    split: str = entry(Choice(BASE_NEW_SPLITS), "first-half")
+    epochs: Mapping[str, int] | None = entry(Nullable(MapOf(Integer(ge=1), key=_DATASET)), None, omit_if_none=True)
+
+    def check_fields(self, path: str, problems: Problems) -> None:
+        for name in self.epochs or {}:
+            if name not in self.datasets:
+                problems.add(join(f"{path}.epochs", name), f"not a dataset of {path}.datasets"
+                                                            f"{hint(name, self.datasets)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,6 +329,7 @@ class TaskSpec:
     protocol: str | None = entry(Nullable(Text("a protocol name")), None, omit_if_none=True)
     finetune: FinetuneSpec = entry(Section(FinetuneSpec), FinetuneSpec())
     sequence: SequenceSpec | None = entry(Nullable(Section(SequenceSpec)), None, omit_if_none=True)
+    prompt_tuning: PromptTuningSpec | None = entry(Nullable(Section(PromptTuningSpec)), None, omit_if_none=True)
     evaluate: EvalSpec = entry(Section(EvalSpec))
     train: TrainSpec = entry(Section(TrainSpec))
     methods: tuple[str, ...] = entry(ListOf(Text("a method name")), ("ft",))
