@@ -1,7 +1,7 @@
 """Timing of OTDD and of the Gaussian (Bures) label-cost matrix, batched vs microsoft/otdd's per-pair sqrtm loop.
 
     python bench/bench_otdd.py [--n 5000] [--dim 512] [--classes 100] [--loop-rows 2] [--loop-cols 10]
-                               [--versus 2000,256,50]
+                               [--versus 2000,256,50] [--parts otdd,labels,versus]
 
 1. OTDD (gaussian label cost, debiased Sinkhorn since n > exact_max_n) between "reference" features and "fine-tuned"
    features of the same n samples (L2-normalised clustered features and a drifted copy). Target: <= 20 s on 2 cores.
@@ -177,6 +177,7 @@ def main() -> None:
     ap.add_argument("--loop-rows", type=int, default=2)
     ap.add_argument("--loop-cols", type=int, default=10)
     ap.add_argument("--reg-grid", action="store_true", help="only the Sinkhorn table over entropic_reg 0.01..1")
+    ap.add_argument("--parts", default="otdd,labels,versus", help="which of the tables' parts to run (comma-separated)")
     ap.add_argument("--versus", default="2000,256,50", metavar="N,DIM,CLASSES",
                     help="size of the side-by-side with microsoft/otdd's DatasetDistance (when importable)")
     args = ap.parse_args()
@@ -185,6 +186,9 @@ def main() -> None:
         assert len(versus) == 3 and min(versus) > 0
     except (ValueError, AssertionError):
         ap.error(f"--versus: expected three positive integers N,DIM,CLASSES (e.g. 2000,256,50), got {args.versus!r}")
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"otdd", "labels", "versus"}:
+        ap.error(f"--parts: expected a comma-separated subset of otdd,labels,versus, got {args.parts!r}")
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "
           f"n={args.n}, dim={args.dim}, classes={args.classes}")
     ref, ft, y = features(args.n, args.dim, args.classes)
@@ -193,18 +197,35 @@ def main() -> None:
                                                            "RuntimeWarnings", "seconds", "OTDD"]))
         return
 
+    table = []
+    if "otdd" in parts:
+        table += otdd_rows(ref, ft, y, args.n)
+    if "labels" in parts:
+        table += all_label_cost_rows(ref, ft, y, args)
+    if "versus" in parts:
+        if microsoft_available():
+            table += versus_microsoft(*versus)
+        else:
+            table.append(["microsoft/otdd DatasetDistance", "", "not importable: no side-by-side of the distance", ""])
+    print(tabulate(table, headers=["what", "seconds", "how", "check"]))
+
+
+def otdd_rows(ref, ft, y, n) -> list[list[str]]:
     res, t_otdd = timed(lambda: otdd(ref, y, ft, y, label_cost="gaussian"))
     p = res.params
     how = (f"Sinkhorn iterations {p['sinkhorn_iters']}", f"marginal err {p['sinkhorn_marginal_err']:.1e}") \
         if p["outer"] != "emd" else ("exact outer OT", "")
-    table = [[f"OTDD gaussian, {args.n} vs {args.n}, outer {p['outer']}", f"{t_otdd:.2f}",
+    table = [[f"OTDD gaussian, {n} vs {n}, outer {p['outer']}", f"{t_otdd:.2f}",
               f"OTDD={res.distance:.6f}, {how[0]}", how[1]]]
-    selfcheck, t_self = timed(lambda: otdd(ref, y, ref, y, label_cost="gaussian").distance)
     table += breakdown(lambda: otdd(ref, y, ft, y, label_cost="gaussian"))
+    selfcheck, t_self = timed(lambda: otdd(ref, y, ref, y, label_cost="gaussian").distance)
     table.append(["OTDD(ref, ref), same settings", f"{t_self:.2f}", f"OTDD={selfcheck:.2e}", ""])
+    return table
 
+
+def all_label_cost_rows(ref, ft, y, args) -> list[list[str]]:
     stats = [class_stats(x, y) for x in (ref, ft)]
-    table += label_cost_rows(f"{args.n // args.classes}/class (rank-deficient)", *stats[0], *stats[1],
+    table = label_cost_rows(f"{args.n // args.classes}/class (rank-deficient)", *stats[0], *stats[1],
                              args.loop_rows, args.loop_cols)
     rng = np.random.default_rng(1)
     full = [rng.standard_normal((args.classes, args.dim, args.dim)) for _ in range(2)]
@@ -212,11 +233,7 @@ def main() -> None:
     for precision in ("float64", "float32"):
         table += label_cost_rows("full-rank covariances", stats[0][0], covs[0], stats[1][0], covs[1],
                                  args.loop_rows, args.loop_cols, batched_block=10, precision=precision)
-    if microsoft_available():
-        table += versus_microsoft(*versus)
-    else:
-        table.append(["microsoft/otdd DatasetDistance", "", "not importable: no side-by-side of the whole distance", ""])
-    print(tabulate(table, headers=["what", "seconds", "how", "check"]))
+    return table
 
 
 if __name__ == "__main__":

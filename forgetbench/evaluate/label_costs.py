@@ -280,7 +280,7 @@ def label_cost_gaussian(means_a: Any, covs_a: Any, means_b: Any, covs_b: Any, *,
     eigenproblem of size rank_a + rank_b instead of d; otherwise S_a^1/2 is formed once per class and each pair is
     one batched ``eigvalsh`` of S_a^1/2 S_b S_a^1/2 (trace of the root = sum of sqrt of clamped eigenvalues).
     ``precision="float32"`` computes those per-pair products and eigenvalues in float32, about twice as fast at large
-    d, with an absolute error around 1e-6 of the covariances' trace (``bench/bench_otdd.py`` measures it); the
+    d, with an absolute error of 1e-6 to 3e-5 of the covariances' trace (``bench/bench_otdd.py`` measures it); the
     low-rank path is always float64.
     """
     ridge = nonneg(ridge, "ridge")
