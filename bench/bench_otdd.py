@@ -197,17 +197,15 @@ def main() -> None:
                                                            "RuntimeWarnings", "seconds", "OTDD"]))
         return
 
-    table = []
+    show = lambda rows: print(tabulate(rows, headers=["what", "seconds", "how", "check"]) + "\n", flush=True)  # noqa: E731
+    # each part's table as soon as it is done: a run cut short still reports what it measured
     if "otdd" in parts:
-        table += otdd_rows(ref, ft, y, args.n)
+        show(otdd_rows(ref, ft, y, args.n))
     if "labels" in parts:
-        table += all_label_cost_rows(ref, ft, y, args)
+        show(all_label_cost_rows(ref, ft, y, args))
     if "versus" in parts:
-        if microsoft_available():
-            table += versus_microsoft(*versus)
-        else:
-            table.append(["microsoft/otdd DatasetDistance", "", "not importable: no side-by-side of the distance", ""])
-    print(tabulate(table, headers=["what", "seconds", "how", "check"]))
+        show(versus_microsoft(*versus) if microsoft_available() else
+             [["microsoft/otdd DatasetDistance", "", "not importable: no side-by-side of the distance", ""]])
 
 
 def otdd_rows(ref, ft, y, n) -> list[list[str]]:
