@@ -7,7 +7,8 @@ head); each method then runs through the real training loop (`forgetbench.train.
 A step's time is the time between two consecutive steps' ends (forward, the method's loss, backward, optimiser step,
 after_step), on images preprocessed once beforehand so that decoding does not blur the ratios; the table shows the
 median over the timed steps. Setup and finalize (Fisher estimate, teacher logits, class similarities, ...) are shown apart, in
-seconds. Without the shipped mini CLIP weights the untrained mini CLIP is timed instead (same cost per step).
+seconds. ``--clock cpu`` times steps in process CPU time instead of wall time: on a machine shared with other work
+it is far steadier (use it with ``--threads 1``, where CPU time is the step's own work). Without the shipped mini CLIP weights the untrained mini CLIP is timed instead (same cost per step).
 Run by hand; it is not part of the test suite.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import os
 import statistics
 import time
 
@@ -67,7 +69,8 @@ def passthrough(preprocess):
     return lambda img: img if isinstance(img, torch.Tensor) else preprocess(img)
 
 
-def time_method(name: str, model, target, task, head0, split, device: str, warmup: int, steps: int):
+def time_method(name: str, model, target, task, head0, split, device: str, warmup: int, steps: int,
+                clock=time.perf_counter):
     """(median seconds per step, seconds outside the timed steps) of one method; None if it trains nothing."""
     method = METHODS.get(name)(**task.params_for(name))
     if not method.trains_encoder:
@@ -79,11 +82,11 @@ def time_method(name: str, model, target, task, head0, split, device: str, warmu
     def on_step(step):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        ends.append(time.perf_counter())
+        ends.append(clock())
 
-    start = time.perf_counter()
+    start = clock()
     finetune(ctx, method, spec, split, seed=0, progress=False, on_step=on_step)
-    total = time.perf_counter() - start
+    total = clock() - start
     per_step = [b - a for a, b in zip(ends[warmup - 1:], ends[warmup:])] if warmup else \
         [b - a for a, b in zip(ends, ends[1:])]
     median = statistics.median(per_step)
@@ -99,6 +102,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time steps in wall time (default) or in this process's CPU time (steadier on a busy machine)")
     args = ap.parse_args()
     if args.warmup < 1 or args.steps < 2:
         ap.error("need --warmup >= 1 and --steps >= 2")
@@ -126,13 +131,15 @@ def main():
     results = {}
     for name in names:
         t = time.perf_counter()
-        results[name] = time_method(name, model, target, task, head0, split, device, args.warmup, args.steps)
+        results[name] = time_method(name, model, target, task, head0, split, device, args.warmup, args.steps,
+                                    clock=time.process_time if args.clock == "cpu" else time.perf_counter)
         print(f"  {name}: {time.perf_counter() - t:.1f}s", flush=True)
     ft, fl2 = results["ft"][0], results["feature-l2"][0]
     rows = [[name, "-", "-", "-", "no training steps"] if r is None else
             [name, f"{1000 * r[0]:.1f}", f"{r[0] / ft:.2f}", f"{r[0] / fl2:.2f}", f"{r[1]:.1f}"]
             for name, r in results.items()]
-    print(f"\n{task.model} on {device}, batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up")
+    print(f"\n{task.model} on {device}, batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up, "
+          f"{args.clock} time, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     print(tabulate(rows, headers=["method", "ms/step", "x ft", "x feature-l2", "setup+finalize s"],
                    tablefmt="github"))
 

@@ -83,6 +83,22 @@ def test_batched_label_cost_equals_per_pair_sqrtm_loop(n_per, ridge):
     np.testing.assert_allclose(self_cost, self_cost.T, atol=1e-8)
 
 
+def test_float32_label_costs_of_full_rank_covariances_agree_with_float64_to_the_stated_error():
+    rng = np.random.default_rng(3)
+    d = 24
+    a, b = (rng.standard_normal((n, d, d)) for n in (3, 4))
+    covs_a, covs_b = a @ a.transpose(0, 2, 1) / d, b @ b.transpose(0, 2, 1) / d  # full rank: the dense path
+    mu_a, mu_b = rng.standard_normal((3, d)), rng.standard_normal((4, d))
+    exact = label_cost_gaussian(mu_a, covs_a, mu_b, covs_b)
+    fast = label_cost_gaussian(mu_a, covs_a, mu_b, covs_b, precision="float32")
+    assert fast.dtype == np.float64
+    scale = np.trace(covs_a, axis1=1, axis2=2).max()
+    assert 0 < np.abs(fast - exact).max() <= 3e-5 * scale  # float32 did run, within the docstring's error
+    np.testing.assert_allclose(exact, label_cost_gaussian_loop(mu_a, covs_a, mu_b, covs_b), rtol=1e-8)
+    with pytest.raises(SpecError, match="precision must be one of"):
+        label_cost_gaussian(mu_a, covs_a, mu_b, covs_b, precision="half")
+
+
 def test_class_stats_unbiased_covariance_single_sample_and_singular():
     x, y = blobs(4, (5, 1, 3), d=8)  # fewer samples than dimensions everywhere
     y = np.array(["cat", "dog", "eel"])[y]

@@ -218,31 +218,38 @@ def _bures_lowrank(sa: _Spectra, sb: _Spectra, same: bool) -> torch.Tensor:
     return out
 
 
-def _bures_dense(sa: _Spectra, sb: _Spectra, same: bool) -> torch.Tensor:
-    """W2^2 for all class pairs with full d x d matrices: S_a^1/2 once per class, one eigvalsh per pair."""
+def _bures_dense(sa: _Spectra, sb: _Spectra, same: bool, dtype: torch.dtype = F64) -> torch.Tensor:
+    """W2^2 for all class pairs with full d x d matrices: S_a^1/2 once per class, one eigvalsh per pair.
+
+    ``dtype``: precision of the per-pair product S_a^1/2 S_b S_a^1/2 and its eigenvalues, the whole cost at large d
+    (float32 halves it; the sums stay float64). Everything per class (roots, traces) is float64.
+    """
     (n_a, d, _), n_b = sa.vecs.shape, sb.vecs.shape[0]
     eye = torch.eye(d, dtype=F64)
     ra_root = sa.floor.sqrt()
-    root_a = ra_root[:, None, None] * eye + (sa.vecs * ((sa.excess + sa.floor[:, None]).sqrt()
-                                                        - ra_root[:, None])[:, None, :]) @ sa.vecs.mT
-    cov_b = sb.floor[:, None, None] * eye + (sb.vecs * sb.excess[:, None, :]) @ sb.vecs.mT
+    root_a = (ra_root[:, None, None] * eye + (sa.vecs * ((sa.excess + sa.floor[:, None]).sqrt()
+                                                         - ra_root[:, None])[:, None, :]) @ sa.vecs.mT).to(dtype)
+    cov_b = (sb.floor[:, None, None] * eye + (sb.vecs * sb.excess[:, None, :]) @ sb.vecs.mT).to(dtype)
     i, j = _pairs(n_a, n_b, same)
     out = torch.zeros(n_a, n_b, dtype=F64)
+    item = torch.finfo(dtype).bits // 8
 
     def pairs(r: tuple[int, int]) -> None:
         ip, jp = i[r[0]:r[1]], j[r[0]:r[1]]
-        mu = torch.linalg.eigvalsh(root_a[ip] @ cov_b[jp] @ root_a[ip]).clamp_min(0)
+        ra = root_a[ip]
+        mu = torch.linalg.eigvalsh(ra @ cov_b[jp] @ ra).to(F64).clamp_min(0)
         dmu = (sa.means[ip] - sb.means[jp]).pow(2).sum(1)
         out[ip, jp] = dmu + sa.trace[ip] + sb.trace[jp] - 2 * mu.sqrt().sum(1)
 
-    _pmap(pairs, _chunks(len(i), max(1, _CHUNK_BYTES // (8 * 3 * d * d))))
+    _pmap(pairs, _chunks(len(i), max(1, _CHUNK_BYTES // (item * 3 * d * d))))
     return out
 
 
-def gauss_block(sa: _Spectra, sb: _Spectra, same: bool = False) -> torch.Tensor:
-    """[Ca, Cb] matrix of W2^2 between class Gaussians; ``same``: sa is sb, compute i < j and mirror (zero diagonal)."""
+def gauss_block(sa: _Spectra, sb: _Spectra, same: bool = False, dtype: torch.dtype = F64) -> torch.Tensor:
+    """[Ca, Cb] matrix of W2^2 between class Gaussians; ``same``: sa is sb, compute i < j and mirror (zero diagonal).
+    ``dtype``: precision of the per-pair eigenproblems of full-rank covariances (``_bures_dense``)."""
     low_rank = sa.vecs.shape[2] + sb.vecs.shape[2] < sa.means.shape[1]
-    w = (_bures_lowrank if low_rank else _bures_dense)(sa, sb, same).clamp_min_(0)
+    w = (_bures_lowrank(sa, sb, same) if low_rank else _bures_dense(sa, sb, same, dtype)).clamp_min_(0)
     return w + w.T if same else w
 
 
@@ -259,7 +266,12 @@ def _as_stats(means: Any, covs: Any, name: str) -> tuple[torch.Tensor, torch.Ten
     return mu, cv
 
 
-def label_cost_gaussian(means_a: Any, covs_a: Any, means_b: Any, covs_b: Any, *, ridge: float = 0.0) -> np.ndarray:
+#: Precisions of the per-pair eigenproblems of full-rank covariances (``label_cost_gaussian``'s ``precision``)
+PRECISIONS = {"float64": F64, "float32": torch.float32}
+
+
+def label_cost_gaussian(means_a: Any, covs_a: Any, means_b: Any, covs_b: Any, *, ridge: float = 0.0,
+                        precision: str = "float64") -> np.ndarray:
     """Squared 2-Wasserstein (Bures) distances between Gaussians, [Ca, Cb]:
     ||mu - mu'||^2 + tr(S + S' - 2 (S^1/2 S' S^1/2)^1/2), clamped >= 0.
 
@@ -267,13 +279,19 @@ def label_cost_gaussian(means_a: Any, covs_a: Any, means_b: Any, covs_b: Any, *,
     When the covariances are low-rank + floor (small classes, e.g. from ``class_stats``), every pair is an
     eigenproblem of size rank_a + rank_b instead of d; otherwise S_a^1/2 is formed once per class and each pair is
     one batched ``eigvalsh`` of S_a^1/2 S_b S_a^1/2 (trace of the root = sum of sqrt of clamped eigenvalues).
+    ``precision="float32"`` computes those per-pair products and eigenvalues in float32, about twice as fast at large
+    d, with an absolute error of 1e-6 to 3e-5 of the covariances' trace (``bench/bench_otdd.py`` measures it); the
+    low-rank path is always float64.
     """
     ridge = nonneg(ridge, "ridge")
+    if precision not in PRECISIONS:
+        raise SpecError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     ma, ca = _as_stats(means_a, covs_a, "a")
     mb, cb = _as_stats(means_b, covs_b, "b")
     if ma.shape[1] != mb.shape[1]:
         raise DataError(f"means_a and means_b have different feature dimensions ({ma.shape[1]} vs {mb.shape[1]})")
-    return gauss_block(_spectra_from_covs(ma, ca, ridge), _spectra_from_covs(mb, cb, ridge)).numpy()
+    return gauss_block(_spectra_from_covs(ma, ca, ridge), _spectra_from_covs(mb, cb, ridge),
+                       dtype=PRECISIONS[precision]).numpy()
 
 
 def label_cost_gaussian_loop(means_a: Any, covs_a: Any, means_b: Any, covs_b: Any) -> np.ndarray:
