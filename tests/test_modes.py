@@ -190,3 +190,35 @@ def test_a_mode_run_records_its_trainable_parameters_and_peak_memory():
 @pytest.mark.parametrize("mode", ["adapter", "vqt"])
 def test_zero_steps_of_a_mode_run_forget_nothing(mode):
     _no_change(run_one(tiny_task(steps=0, mode=mode), "ft", 0, progress=False))
+
+
+def test_a_mode_sweep_selects_per_mode_and_the_board_shows_a_mode_column(tmp_path, capsys):
+    import yaml
+
+    from forgetbench.cli import main
+    from forgetbench.records import ResultStore
+    from forgetbench.report.leaderboard import render_leaderboard
+
+    spec = {**tiny_task(steps=2, drift=("l2",)).to_dict(), "selection": {"reference": "ft", "within": 100.0,
+                                                                        "seeds": 1}}
+    task_file = tmp_path / "tiny.yaml"
+    task_file.write_text(yaml.safe_dump(spec))
+    results = str(tmp_path / "results")
+    assert main(["sweep", str(task_file), "--methods", "ft", "--grid", "ft.lr_scale=1", "--results", results]) == 0
+    assert "| Mode " not in render_leaderboard(ResultStore(results).load())  # one mode: no Mode column
+    argv = ["sweep", str(task_file), "--tradeoff", "--methods", "ft", "--grid", "train.mode=bitfit,lora",
+            "--grid", "ft.lr_scale=3,0.5", "--results", results]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "(train.mode bitfit): 2 runs" in out and "(train.mode lora): 2 runs" in out
+    # within 100 points every setting is in: each mode's smallest learning rate is its selected one
+    assert "selected ft (bitfit): lr_scale=0.5" in out and "selected ft (lora): lr_scale=0.5" in out
+    records = ResultStore(results).load()
+    assert sorted((r.mode, r.method.params["lr_scale"]) for r in records) == [
+        ("bitfit", 0.5), ("bitfit", 3.0), ("full", 1.0), ("lora", 0.5), ("lora", 3.0)]
+    assert len({r.run_id for r in records}) == 5
+    board = render_leaderboard(records)
+    rows = [line for line in board.splitlines() if line.startswith("| ") and " ft" in line]
+    assert "| Mode " in board and len(rows) == 3  # each mode's selected setting is its own row
+    assert sorted(line.split("|")[3].strip() for line in rows) == ["bitfit", "full", "lora"]
+    assert main(argv) == 0 and "launching 0" in capsys.readouterr().out  # resumed: nothing left to run

@@ -161,12 +161,13 @@ def _tradeoff(args, task, methods: list[str], extra_grid: dict, mode_note: str =
     names = {get_method(m).name for m in methods}
     selected = []
     for method in methods:
-        pick = chosen.get(entry_label(get_method(method).name, mode_of(task.train)))
+        name = get_method(method).name
+        pick = chosen.get(entry_label(name, mode_of(task.train)))  # the method in this task's mode
         if pick is None:
             continue
-        print(f"  selected {pick.method}: {format_params(pick.params, pick.method) or 'defaults'} (validation "
+        print(f"  selected {pick.method}: {format_params(pick.params, name) or 'defaults'} (validation "
               f"{pick.val_acc:.2f}%{'' if pick.matched else ', short of the bar: the closest setting'})")
-        selected += expand(task, [method], selected_seeds(task), {f"{pick.method}.{k}": (v,)
+        selected += expand(task, [method], selected_seeds(task), {f"{name}.{k}": (v,)
                                                                   for k, v in pick.params.items()})
     todo, done = plan(task, selected, store)
     print(f"selected settings x {task.selection.seeds} seeds ({len(names)} methods): {len(selected)} runs, "
