@@ -44,8 +44,8 @@ SETTINGS = {"lora": ("lora_rank", "lora_alpha"), "vpt": ("vpt_tokens", "vpt_deep
 #: Each mode's default trade-off grid of ``lr_scale`` (the knob of methods that regularise nothing, ``ft``), largest
 #: (moves most) first. Full fine-tuning keeps the method's own grid; the parameter-efficient modes train few
 #: parameters from zero or from a frozen start, so their useful learning rates sit above the full model's.
-LR_SCALES = {"bitfit": (30.0, 10.0, 3.0, 1.0), "lora": (30.0, 10.0, 3.0, 1.0), "vpt": (100.0, 30.0, 10.0, 3.0),
-             "adapter": (30.0, 10.0, 3.0, 1.0), "vqt": (100.0, 30.0, 10.0, 3.0), "linear": (100.0, 30.0, 10.0, 3.0)}
+LR_SCALES = {"bitfit": (100.0, 30.0, 10.0, 3.0), "lora": (100.0, 30.0, 10.0, 3.0), "adapter": (100.0, 30.0, 10.0, 3.0),
+             "vpt": (300.0, 100.0, 30.0, 10.0), "vqt": (300.0, 100.0, 30.0, 10.0), "linear": (300.0, 100.0, 30.0, 10.0)}
 #: Shipped methods that need particular modes, and why (a method class may declare its own ``modes``).
 NEEDS = {
     "l2sp": (("full", "bitfit"), "it pulls each trained encoder weight towards the pre-trained weight of the same "
