@@ -239,3 +239,18 @@ def test_a_mode_sweep_selects_per_mode_and_the_board_shows_a_mode_column(tmp_pat
     assert "| Mode " in board and len(rows) == 3  # each mode's selected setting is its own row
     assert sorted(line.split("|")[3].strip() for line in rows) == ["bitfit", "full", "lora"]
     assert main(argv) == 0 and "launching 0" in capsys.readouterr().out  # resumed: nothing left to run
+
+
+def test_a_mode_record_is_verified_in_its_mode(tmp_path):
+    import json
+
+    from forgetbench.tasks import TaskSpec
+    from forgetbench.tasks.variants import settings_of_record
+
+    record = run_one(tiny_task(steps=1, mode="adapter", peft={"adapter_dim": 3}), "ft", 0, progress=False)
+    settings = settings_of_record(json.loads(json.dumps(record.to_json()))["task"]["spec"])
+    assert settings == {"train.mode": "adapter", "train.peft.adapter_dim": 3}
+    again = run_one(with_settings(tiny_task(steps=1), settings), "ft", 0, progress=False)
+    assert again.run_id == record.run_id
+    assert again.metrics.summary["delta_lp_mean"] == record.metrics.summary["delta_lp_mean"]  # deterministic
+    assert settings_of_record(TaskSpec.to_dict(tiny_task())) == {}

@@ -55,6 +55,13 @@ def with_settings(task: TaskSpec, settings: dict[str, Any]) -> TaskSpec:
     return TaskSpec.from_dict(spec, source=f"{task.source} with {shown}")
 
 
+def settings_of_record(spec: dict) -> dict[str, Any]:
+    """The run-axis settings a record's resolved task (``task.spec``) carries, as ``with_settings`` takes them."""
+    train = spec.get("train") or {}
+    out = {"train.mode": train["mode"]} if train.get("mode") else {}
+    return {**out, **{f"train.peft.{k}": v for k, v in (train.get("peft") or {}).items() if v is not None}}
+
+
 def variants(task: TaskSpec, grid: dict[str, tuple]) -> list[TaskSpec]:
     """One task per point of ``grid`` (dotted ``SETTABLE`` keys -> values), or ``[task]`` for an empty grid."""
     if not grid:
