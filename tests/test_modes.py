@@ -106,13 +106,28 @@ def test_lora_trains_its_adapters_only_and_merging_reproduces_the_forward_pass(r
     assert not torch.allclose(merged, reference(_images()).detach())
 
 
-@pytest.mark.parametrize("mode", ["vpt", "adapter", "vqt"])
-def test_added_module_modes_leave_the_backbones_own_weights_unchanged(reference, mode):
-    student = _student(reference, mode)
+@pytest.mark.parametrize("mode, peft", [("vpt", {}), ("vpt", {"vpt_deep": False}), ("adapter", {}), ("vqt", {})])
+def test_added_module_modes_leave_the_backbones_own_weights_unchanged(reference, mode, peft):
+    student = _student(reference, mode, **peft)
     changed = _changed(student, _one_step(student))
     own = set(reference.state_dict())
     assert changed and not changed & own
     assert all(k.startswith(f"{MODULE_NAME}.") for k in changed)
+
+
+def test_shallow_vpt_is_the_backbone_run_on_the_tokens_with_the_prompts_inserted():
+    """Known answer for shallow VPT on the mini CLIP: open_clip's own forward, by hand, with the prompts after the
+    class token and dropped before pooling."""
+    visual = get_model("mini-clip").visual.eval()
+    student = _student(visual, "vpt", vpt_deep=False, vpt_tokens=3)
+    prompts = getattr(student, MODULE_NAME).prompts[0]
+    with torch.no_grad():
+        x = visual._embeds(_images())
+        x = torch.cat([x[:, :1], prompts.expand(x.shape[0], -1, -1), x[:, 1:]], dim=1)
+        x = visual.transformer(x)
+        x = torch.cat([x[:, :1], x[:, 4:]], dim=1)
+        pooled, _ = visual._pool(x)
+        assert torch.allclose(student(_images()), pooled @ visual.proj, atol=1e-6)
 
 
 def test_linear_mode_trains_no_encoder_parameter(reference):
