@@ -160,10 +160,6 @@ def settings_of(train: Any) -> "PeftDefaults":
     return PeftDefaults(**{k: v for k, v in (given or {}).items() if v is not None and k in SETTING_NAMES})
 
 
-def trainable_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 # ---- LoRA
 
 class LoRA(nn.Module):
