@@ -67,8 +67,8 @@ def table(task, results: str, modes: list[str], n_seeds: int) -> int:
     records = [r for r in ResultStore(results).load(task.name) if r.task.version == task.version]
     chosen = select(task, records)
     seeds = set(range(task.seeds[0], task.seeds[0] + n_seeds))
-    print(f"| mode | trainable params | peak train memory (MB) | lr_scale | val acc | target acc | gain | ΔLP | ΔLP 95% CI "
-          f"| at matched gain | seeds |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    print(f"| mode | trainable params | peak train memory (MB) | lr_scale | val acc | target acc | gain | ΔLP "
+          f"| ΔLP 95% CI | at matched gain | seeds |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     rows = {}
     for mode in modes:
         pick = chosen[entry_label("ft", mode)]

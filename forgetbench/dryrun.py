@@ -136,9 +136,9 @@ def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed:
     tr = task.train
     length = f"{tr.epochs} epochs" if tr.epochs is not None else f"{tr.steps} steps"
     mode = f"mode {tr.mode} ({identity(tr)}), " if tr.mode not in (None, "full") else ""
-    out(f"  train: {mode}{tr.optimizer} lr {tr.lr:g}, weight decay {tr.weight_decay:g}, batch {tr.batch_size}, {length}, "
-        f"warm-up {tr.warmup_steps}, {tr.schedule}, grad clip {tr.grad_clip}; here: one step at batch {batch} on "
-        f"{FAKE_IMAGE}px random images (first template only)")
+    out(f"  train: {mode}{tr.optimizer} lr {tr.lr:g}, weight decay {tr.weight_decay:g}, batch {tr.batch_size}, "
+        f"{length}, warm-up {tr.warmup_steps}, {tr.schedule}, grad clip {tr.grad_clip}; here: one step at batch "
+        f"{batch} on {FAKE_IMAGE}px random images (first template only)")
     splits = tuple(dict.fromkeys(task.finetune.splits))
     classes, templates, _ = infos[target_name]
     target = fake_dataset(target_name, classes, templates, splits, n=max(2 * batch, 8), seed=seed)

@@ -255,8 +255,8 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
                                             f"(method {method.name!r}); use a smaller model or a larger GPU")
                     micro = current // 2
                     halvings.append(step + 1)
-                    log.warning("out of GPU memory at step %d: micro-batch halved to %d (gradient accumulation keeps the "
-                                "batch size at %d)", step + 1, micro, train_spec.batch_size)
+                    log.warning("out of GPU memory at step %d: micro-batch halved to %d (gradient accumulation keeps "
+                                "the batch size at %d)", step + 1, micro, train_spec.batch_size)
                 task_loss, extra_loss = float(stats[0]), float(stats[1])
                 loss_value = float(stats[0] + stats[1])
                 if not math.isfinite(loss_value):

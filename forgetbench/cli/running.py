@@ -144,9 +144,9 @@ def _tradeoff(args, task, methods: list[str], extra_grid: dict, mode_note: str =
     grid = {**tradeoff_grid(methods, mode_of(task.train)), **extra_grid}
     runs = expand(task, methods, seeds, grid)
     todo, done = plan(task, runs, store)
-    print(f"trade-off sweep {task.name} v{task.version}{mode_note}: {len(runs)} runs ({len(methods)} methods over their "
-          f"strength grids, seeds {', '.join(map(str, seeds))}); {len(done)} already recorded in {args.results}/, "
-          f"launching {len(todo)} ({args.launcher})")
+    print(f"trade-off sweep {task.name} v{task.version}{mode_note}: {len(runs)} runs ({len(methods)} methods over "
+          f"their strength grids, seeds {', '.join(map(str, seeds))}); {len(done)} already recorded in "
+          f"{args.results}/, launching {len(todo)} ({args.launcher})")
     _launch(args, task, todo)
     if task.selection is None:
         print(f"task {task.name!r} has no selection section: no setting is selected")

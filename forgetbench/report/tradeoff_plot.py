@@ -101,7 +101,8 @@ def _draw(task: str, version: int, records: list, prefix: Path) -> list[Path]:
         raise SpecError(f"task {task!r}: no record has a mean ΔLP to draw")
     pretrained = _pretrained(records)
     selected = _selected(records)
-    methods = sorted(settings, key=lambda m: (m != REFERENCE, m))
+    # ft, then ft in each fine-tuning mode, then the other methods
+    methods = sorted(settings, key=lambda m: (split_label(m)[0] != REFERENCE, m))
     cols = min(4, len(methods))
     rows = math.ceil(len(methods) / cols)
     cmap = mpl.colormaps["tab10" if len(methods) <= 10 else "tab20"]

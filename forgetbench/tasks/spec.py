@@ -160,7 +160,7 @@ class PeftSpec:
     lora_rank: int | None = entry(Nullable(Integer(ge=1)), None, omit_if_none=True)
     lora_alpha: float | None = entry(Nullable(Number(gt=0, coerce=True)), None, omit_if_none=True)
     vpt_tokens: int | None = entry(Nullable(Integer(ge=1)), None, omit_if_none=True)
-    vpt_deep: bool | None = entry(Nullable(Flag()), None, omit_if_none=True)  # tokens at every block, not the input only
+    vpt_deep: bool | None = entry(Nullable(Flag()), None, omit_if_none=True)  # tokens at every block, not input only
     adapter_dim: int | None = entry(Nullable(Integer(ge=1)), None, omit_if_none=True)
     vqt_tokens: int | None = entry(Nullable(Integer(ge=1)), None, omit_if_none=True)
 
