@@ -26,6 +26,7 @@ from .heads import initial_head
 from .methods import METHODS, FinetuneContext, get_method
 from .models import MODELS, get_model, state_dict_hash
 from .models.specs import random_variant, weights_location
+from .modes import identity
 from .protocol import protocol_for
 from .tasks import check_names
 from .train import finetune
@@ -148,9 +149,10 @@ def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed:
 
     tr = task.train
     length = f"{tr.epochs} epochs" if tr.epochs is not None else f"{tr.steps} steps"
-    out(f"  train: {tr.optimizer} lr {tr.lr:g}, weight decay {tr.weight_decay:g}, batch {tr.batch_size}, {length}, "
-        f"warm-up {tr.warmup_steps}, {tr.schedule}, grad clip {tr.grad_clip}; here: one step at batch {batch} on "
-        f"{FAKE_IMAGE}px random images (first template only)")
+    mode = f"mode {tr.mode} ({identity(tr)}), " if tr.mode not in (None, "full") else ""
+    out(f"  train: {mode}{tr.optimizer} lr {tr.lr:g}, weight decay {tr.weight_decay:g}, batch {tr.batch_size}, "
+        f"{length}, warm-up {tr.warmup_steps}, {tr.schedule}, grad clip {tr.grad_clip}; here: one step at batch "
+        f"{batch} on {FAKE_IMAGE}px random images (first template only)")
     splits = tuple(dict.fromkeys(task.finetune.splits))
     classes, templates, _ = infos[target_name]
     target = fake_dataset(target_name, classes, templates, splits, n=max(2 * batch, 8), seed=seed)

@@ -157,9 +157,14 @@ class FinetuneContext:
         """The context of one fine-tune of ``model`` with ``method``: ``student`` (default: a fresh copy of the
         model's frozen encoder) trains unless the method keeps the encoder frozen; ``frozen``, what the method
         regularises towards, defaults to the model's own (pre-trained) encoder."""
+        from .modes import apply_mode
+
+        fresh = student is None
         student = copy.deepcopy(model.visual) if student is None else student
         for p in student.parameters():
             p.requires_grad_(method.trains_encoder)
+        if fresh and method.trains_encoder:  # the task's fine-tuning mode: which encoder parameters train
+            apply_mode(student, getattr(task, "train", None))
         return cls(student=student, head=head, frozen=model.visual if frozen is None else frozen, model=model,
                    task=task, device=device, head_initial=copy.deepcopy(head.state_dict()),
                    train_dataset=train_dataset)
@@ -179,6 +184,9 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     #: False: the encoder is frozen and no fine-tuning step runs (linear probing).
     trains_encoder: ClassVar[bool] = True
+    #: The fine-tuning modes (``train.mode``, ``forgetbench.modes``) the method makes sense in; None: every one
+    #: (``forgetbench.modes.NEEDS`` says which shipped methods need particular ones).
+    modes: ClassVar[Optional[tuple[str, ...]]] = None
     #: "zeroshot" or "linear-probe" to override the task's head initialisation; None keeps the task's.
     head_init: ClassVar[Optional[str]] = None
     #: The strength knob a trade-off sweep varies (None: the method runs once, at its defaults).

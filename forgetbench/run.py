@@ -16,6 +16,8 @@ from . import distributed, provenance
 from .checkpoint import Checkpointer, discard
 from .errors import DataError, ForgetbenchError, ResourceError, SpecError
 from .methods import Method, get_method, method_source
+from .modes import ADDS_MODULES, check_pair, mode_of
+from .modes import identity as mode_identity
 from .protocol import protocol_for
 from .records import MethodRef, ModelRef, ResultStore, RunRecord, TaskRef, Timings, run_id
 from .train import OutOfMemoryError, TrainOptions
@@ -138,10 +140,14 @@ def run_one(task, method_name: str, seed: int, store: ResultStore | None = None,
     options = options or TrainOptions()
     method_cls = get_method(method_name)
     protocol.check_method(method_cls)
+    check_pair(mode_of(task.train), method_cls)
+    if weights_dir is not None and mode_of(task.train) in ADDS_MODULES:
+        raise SpecError(f"--save-weights saves the plain encoder, and train.mode {mode_of(task.train)!r} adds modules "
+                        f"to it; run without --save-weights (or in mode full, bitfit, lora or linear)")
     runs = []
     for overrides in [params or {}, *variants]:
         resolved = method_cls.check_params({**task.params_for(method_cls.name), **overrides})
-        rid = run_id(task.name, task.version, method_cls.name, resolved, seed)
+        rid = run_id(task.name, task.version, method_cls.name, resolved, seed, mode_identity(task.train))
         if store is None or force or not store.has(rid, task.name):
             runs.append((resolved, rid))
     if not runs:
@@ -194,7 +200,8 @@ def _as_user_error(e: Exception, store: ResultStore | None) -> Exception:
 
 def _log_failure(store: ResultStore, request: RunRequest, error: Exception) -> None:
     info = {"task": request.task.name, "task_version": request.task.version, "method": request.method.name,
-            "params": request.params, "seed": request.seed}
+            "params": request.params, "seed": request.seed,
+            **({"mode": mode_identity(request.task.train)} if mode_identity(request.task.train) else {})}
     kind = "" if isinstance(error, ForgetbenchError) else " (unexpected; please report it)"
     try:
         store.write_failure(info, f"{type(error).__name__}{kind}: {error}")

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from .errors import SpecError
 from .methods import get_method
+from .modes import entry_label, split_label
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ def _key(params: dict) -> str:
 
 
 def _validation_means(records: Iterable[Any], seeds: tuple[int, ...]) -> dict[tuple[str, str], tuple[dict, float]]:
-    """(method, params key) -> (params, mean target validation accuracy over the records of ``seeds``)."""
+    """(method label, params key) -> (params, mean target validation accuracy over the records of ``seeds``); the
+    label of a run in a fine-tuning mode other than full names its mode (``ft (lora)``)."""
     groups: dict[tuple[str, str], list] = {}
     for rec in records:
         if rec.seed not in seeds:
@@ -65,13 +67,15 @@ def _validation_means(records: Iterable[Any], seeds: tuple[int, ...]) -> dict[tu
         if val is None:
             raise SpecError(f"run {rec.run_id} ({rec.method.name}, seed {rec.seed}) has no target validation "
                             f"accuracy (metrics.target.acc_val): it predates selection; rerun it")
-        groups.setdefault((rec.method.name, _key(dict(rec.method.params))), []).append((dict(rec.method.params), val))
+        label = entry_label(rec.method.name, rec.mode)  # a method in each fine-tuning mode is selected on its own
+        groups.setdefault((label, _key(dict(rec.method.params))), []).append((dict(rec.method.params), val))
     return {k: (v[0][0], math.fsum(x for _, x in v) / len(v)) for k, v in groups.items()}
 
 
 def select(task: Any, records: Iterable[Any]) -> dict[str, Selected]:
-    """Each method's selected setting under ``task.selection``, from the records of the sweep's seeds. Reads only
-    ``method``, ``seed``, ``run_id`` and ``metrics.target.acc_val`` of each record."""
+    """Each method's selected setting under ``task.selection``, from the records of the sweep's seeds, keyed by the
+    method's label (``ft``; ``ft (lora)`` in a fine-tuning mode, selected against the same bar). Reads only
+    ``method``, ``seed``, ``run_id``, the mode and ``metrics.target.acc_val`` of each record."""
     rule = task.selection
     if rule is None:
         raise SpecError(f"task {task.name!r} has no selection section: nothing says how to choose a setting")
@@ -85,7 +89,7 @@ def select(task: Any, records: Iterable[Any]) -> dict[str, Selected]:
     out = {}
     for method in sorted({m for m, _ in means}):
         settings = [(params, val) for (m, _), (params, val) in sorted(means.items()) if m == method]
-        cls = get_method(method)
+        cls = get_method(split_label(method)[0])
         strength = cls.strength
         within = [(p, v) for p, v in settings if v >= bar - 1e-9]  # exactly `within` points below is in
         if within:

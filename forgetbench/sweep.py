@@ -15,6 +15,8 @@ from typing import Any
 
 from .errors import SpecError
 from .methods import Method, get_method
+from .modes import FULL, LR_SCALES
+from .modes import identity as mode_identity
 from .records import ResultStore, run_id
 
 _KEY = re.compile(r"(?:(?P<method>[A-Za-z0-9][\w.-]*)\.)?(?P<param>[A-Za-z_]\w*)")
@@ -115,19 +117,23 @@ def expand(task, methods: list[str], seeds: list[int], grid: dict[str, tuple] | 
             except SpecError as e:
                 raise SpecError(f"--grid: {e}") from None
             for seed in seeds:
-                rid = run_id(task.name, task.version, cls.name, params, seed)
+                rid = run_id(task.name, task.version, cls.name, params, seed, mode_identity(task.train))
                 runs.setdefault(rid, PlannedRun(method, cls.name, overrides, seed, rid))
     return list(runs.values())
 
 
-def tradeoff_grid(methods: list[str]) -> dict[str, tuple]:
+def tradeoff_grid(methods: list[str], mode: str = FULL) -> dict[str, tuple]:
     """The trade-off grid of ``methods``: each one's declared strength knob over its default grid (``--grid`` form,
-    ``method.param``); a method without a knob runs once, at the task's settings."""
+    ``method.param``); a method without a knob runs once, at the task's settings. In a fine-tuning ``mode`` other
+    than full, a learning-rate knob (``lr_scale``) takes the mode's own grid (``forgetbench.modes.LR_SCALES``)."""
     grid = {}
     for method in methods:
         cls = _resolve_method(method)[1]
         if cls.strength is not None:
-            grid[f"{cls.name}.{cls.strength.param}"] = cls.strength.weakest_first()
+            values = cls.strength.weakest_first()
+            if mode != FULL and cls.strength.param == "lr_scale":
+                values = LR_SCALES[mode]
+            grid[f"{cls.name}.{cls.strength.param}"] = values
     return grid
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm import tqdm
 
+from .peak_memory import PeakMemory
 from .progress import bar_disable
 
 from . import distributed
@@ -83,6 +84,8 @@ class TrainLog:
     losses: list  # (step, task loss, method loss) every 10 steps
     micro_batch: int | None = None  # the micro-batch the run ended with (smaller than asked after out-of-memory)
     oom_halvings: list = field(default_factory=list)  # steps at which out-of-memory halved the micro-batch
+    trainable: dict | None = None  # parameters trained: {"encoder": n, "total": n (head and method's included)}
+    memory: dict | None = None  # peak memory of the training steps (forgetbench.peak_memory)
 
 
 def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
@@ -184,6 +187,8 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
     params = [{"params": [p for p in ctx.student.parameters() if p.requires_grad]},
               {"params": list(ctx.head.parameters())}] + list(extra_groups)
     trained = [p for g in params for p in g["params"]]
+    trainable = {"encoder": sum(p.numel() for p in params[0]["params"]),  # what the mode trains
+                 "total": sum(p.numel() for p in trained)}  # with the head and a method's own parameters
     lr = learning_rate(method, train_spec.lr)
     if train_spec.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=train_spec.weight_decay)
@@ -222,67 +227,69 @@ def finetune(ctx: FinetuneContext, method: Method, train_spec, split, seed: int,
                        f"{checkpointer.path if checkpointer else ''}".rstrip(), file=sys.stderr)
     bar = tqdm(total=n_steps, initial=step, desc=f"fine-tuning ({method.name})", unit="step", leave=False,
                disable=bar_disable(progress and world.is_main))  # None: bars on a terminal only, never in logs
-    while step < n_steps:
-        if batches is None:
-            batches, position = epoch_batches(method, ctx, labels, train_spec.batch_size, seed + epoch), 0
-        todo = batches[position:]
-        shares = [distributed.shard(b, world) for b in todo]
-        data = iter(DataLoader(dataset, batch_sampler=[s for s in shares if s], num_workers=options.workers,
-                               pin_memory=pin, generator=torch.Generator()))  # own generator: no global draw
-        for share, batch in zip(shares, todo):
-            x, y = next(data) if share else (None, None)
-            for norm in frozen_norms:  # every step: evaluation along training puts the student back in train mode
-                norm.eval()
-            while True:
-                opt.zero_grad(set_to_none=True)
-                stats = run_step(x, y, len(batch), micro)
-                if not stats[2]:
-                    break
-                opt.zero_grad(set_to_none=True)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                current = micro or math.ceil(len(batch) / world.size)
-                if current == 1:
+    peak = PeakMemory(ctx.device)
+    with peak:  # the training steps' peak memory, for the record
+        while step < n_steps:
+            if batches is None:
+                batches, position = epoch_batches(method, ctx, labels, train_spec.batch_size, seed + epoch), 0
+            todo = batches[position:]
+            shares = [distributed.shard(b, world) for b in todo]
+            data = iter(DataLoader(dataset, batch_sampler=[s for s in shares if s], num_workers=options.workers,
+                                   pin_memory=pin, generator=torch.Generator()))  # own generator: no global draw
+            for share, batch in zip(shares, todo):
+                x, y = next(data) if share else (None, None)
+                for norm in frozen_norms:  # every step: evaluation along training puts the student back in train mode
+                    norm.eval()
+                while True:
+                    opt.zero_grad(set_to_none=True)
+                    stats = run_step(x, y, len(batch), micro)
+                    if not stats[2]:
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    current = micro or math.ceil(len(batch) / world.size)
+                    if current == 1:
+                        bar.close()
+                        raise ResourceError(f"out of GPU memory at step {step + 1} even with a micro-batch of 1 "
+                                            f"(method {method.name!r}); use a smaller model or a larger GPU")
+                    micro = current // 2
+                    halvings.append(step + 1)
+                    log.warning("out of GPU memory at step %d: micro-batch halved to %d (gradient accumulation keeps "
+                                "the batch size at %d)", step + 1, micro, train_spec.batch_size)
+                task_loss, extra_loss = float(stats[0]), float(stats[1])
+                loss_value = float(stats[0] + stats[1])
+                if not math.isfinite(loss_value):
                     bar.close()
-                    raise ResourceError(f"out of GPU memory at step {step + 1} even with a micro-batch of 1 "
-                                        f"(method {method.name!r}); use a smaller model or a larger GPU")
-                micro = current // 2
-                halvings.append(step + 1)
-                log.warning("out of GPU memory at step %d: micro-batch halved to %d (gradient accumulation keeps the "
-                            "batch size at %d)", step + 1, micro, train_spec.batch_size)
-            task_loss, extra_loss = float(stats[0]), float(stats[1])
-            loss_value = float(stats[0] + stats[1])
-            if not math.isfinite(loss_value):
-                bar.close()
-                raise DivergenceError(f"loss became {loss_value} at step {step + 1} of {n_steps} "
-                                      f"(method {method.name!r}, lr {lr:g}); nothing was recorded")
-            distributed.sum_gradients(trained, world)
-            if train_spec.grad_clip:
-                nn.utils.clip_grad_norm_(trained, train_spec.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            position += 1
-            method.after_step(ctx, step)
-            if step % 10 == 0 or step == n_steps:
-                losses.append((step, task_loss, extra_loss))
-                bar.set_postfix(loss=f"{loss_value:.3f}")
-            bar.update(1)
-            if on_step is not None:
-                on_step(step)
-            if checkpointer is not None and world.is_main and checkpointer.due(step, n_steps):
-                checkpointer.save({
-                    "step": step, "epoch": epoch, "position": position, "losses": losses, "final_loss": loss_value,
-                    "micro_batch": micro, "oom_halvings": halvings,
-                    "student": ctx.student.state_dict(), "head": ctx.head.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "method": object_state(method, skip), "ctx_state": capture(ctx.state, skip),
-                    "rng": rng_state(), "run": run_state() if run_state is not None else {}})
-            if step >= n_steps:
-                break
-        epoch, batches = epoch + 1, None
+                    raise DivergenceError(f"loss became {loss_value} at step {step + 1} of {n_steps} "
+                                          f"(method {method.name!r}, lr {lr:g}); nothing was recorded")
+                distributed.sum_gradients(trained, world)
+                if train_spec.grad_clip:
+                    nn.utils.clip_grad_norm_(trained, train_spec.grad_clip)
+                opt.step()
+                sched.step()
+                step += 1
+                position += 1
+                method.after_step(ctx, step)
+                if step % 10 == 0 or step == n_steps:
+                    losses.append((step, task_loss, extra_loss))
+                    bar.set_postfix(loss=f"{loss_value:.3f}")
+                bar.update(1)
+                if on_step is not None:
+                    on_step(step)
+                if checkpointer is not None and world.is_main and checkpointer.due(step, n_steps):
+                    checkpointer.save({
+                        "step": step, "epoch": epoch, "position": position, "losses": losses, "final_loss": loss_value,
+                        "micro_batch": micro, "oom_halvings": halvings,
+                        "student": ctx.student.state_dict(), "head": ctx.head.state_dict(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "method": object_state(method, skip), "ctx_state": capture(ctx.state, skip),
+                        "rng": rng_state(), "run": run_state() if run_state is not None else {}})
+                if step >= n_steps:
+                    break
+            epoch, batches = epoch + 1, None
     bar.close()
     ctx.student.eval()
     if finalize:
         method.finalize(ctx)
-    return TrainLog(step, loss_value, losses, micro, halvings)
+    return TrainLog(step, loss_value, losses, micro, halvings, trainable=trainable, memory=peak.record())

@@ -105,6 +105,7 @@ def verify(path, sample: int = 1, seed: int = 0, device: str | None = None, prog
     anything runs."""
     from .run import run_one  # torch and the protocols: only when something is re-run
     from .tasks import load_task
+    from .tasks.variants import settings_of_record, with_settings
 
     sub = check_submission(path)
     if sub.problems:
@@ -121,7 +122,8 @@ def verify(path, sample: int = 1, seed: int = 0, device: str | None = None, prog
             outcomes.append(Outcome(line, rec, "skipped", why))
         else:
             t = time.time()
-            task = load_task(rec["task"]["name"])
+            # in the record's fine-tuning mode, if it has one (the mode is part of the run id)
+            task = with_settings(load_task(rec["task"]["name"]), settings_of_record(rec["task"]["spec"]))
             again = run_one(task, name, rec["seed"], params=rec["method"]["params"], device=device,
                             progress=progress).to_json()
             differ = disagreements(again, rec) if again["run_id"] == rec["run_id"] else \

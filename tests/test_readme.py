@@ -31,7 +31,7 @@ def test_the_hooks_and_flags_are_those_of_the_method_api():
     assert documented == hooks
     flags = re.findall(r"^\| `(\w+)` \| `([^`]+)` \|", section, flags=re.M)
     assert {name: default for name, default in flags} == {"trains_encoder": "True", "head_init": "None",
-                                                          "strength": "None"}
+                                                          "strength": "None", "modes": "None"}
     assert {name for name, _ in flags} == {name for name, v in vars(Method).items()
                                            if isinstance(v, (bool, type(None))) and not name.startswith("_")}
     for signature in re.findall(r"^\| `(\w+\([^`]*\))`", section, flags=re.M):  # the arguments, too

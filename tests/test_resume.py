@@ -26,9 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def comparable(record: dict) -> dict:
-    """A record without what legitimately differs between two executions: timings, clock time, git state."""
+    """A record without what legitimately differs between two executions: timings, peak memory, clock time, git
+    state."""
     record = json.loads(json.dumps(record.to_json()))
     record.pop("timings")
+    record["training"].pop("peak_memory_mb", None)
     for key in ("timestamp_utc", "git_commit", "git_dirty"):
         record["provenance"].pop(key)
     return record

@@ -26,7 +26,7 @@ def _record(method, params, seed, val, target=None):
     if target is None:
         target = SimpleNamespace(acc_val=val, acc=50.0, gain=10.0, correct={"acc": pack(np.ones(4, bool))})
     full = {**task_params(_task(), method), **params}
-    return SimpleNamespace(run_id=f"{method}-{params}-{seed}", seed=seed,
+    return SimpleNamespace(run_id=f"{method}-{params}-{seed}", seed=seed, mode="full",
                            method=SimpleNamespace(name=method, params=full),
                            metrics=SimpleNamespace(target=target, heldout={"d": "test"}, summary={"delta_lp_mean": 1}))
 

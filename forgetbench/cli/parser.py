@@ -68,6 +68,12 @@ def _add_verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_set_arg(p) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run axis of the task: train.mode (full, bitfit, lora, vpt, adapter, vqt, linear: which "
+                        "encoder parameters train) or train.peft.SETTING (e.g. lora_rank); repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="forgetbench", description="Measure concept forgetting of fine-tuned vision "
                                 "foundation models, and the methods that prevent it.")
@@ -88,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "model's or a dataset's files are missing (the last line says what was not checked); default: fail "
                    "with the list of what is missing")
     r.add_argument("--dry-run-batch", type=int, default=8, metavar="N", help="batch of the dry-run step (default 8)")
+    _add_set_arg(r)
     _add_data_args(r)
     r.add_argument("--save-weights", action="store_true", help="also save each fine-tuned image encoder as "
                    "safetensors under WEIGHTS_DIR/<task>/, e.g. for `forgetbench audit`")
@@ -102,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=_csv("ints"), help="comma-separated seeds (default: the task's)")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                     help="hyper-parameter values to sweep (repeatable); KEY applies to every method declaring it, "
-                         "METHOD.KEY to one method")
+                         "METHOD.KEY to one method; train.mode=full,lora,... sweeps the fine-tuning mode")
+    _add_set_arg(sw)
     sw.add_argument("--tradeoff", action="store_true",
                     help="every method over its own strength grid (seeds: the task's first), then, for a task with "
                          "a selection section, each method's selected setting over the rule's seeds; rerun to resume. "

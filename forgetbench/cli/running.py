@@ -16,6 +16,8 @@ from ..methods import METHODS, get_method
 from ..models import MODELS
 from ..progress import set_quiet
 from ..protocol import protocol_for
+from ..modes import check_pair, entry_label, mode_of
+from ..modes import identity as mode_identity
 from ..records import ResultStore, run_id
 from ..report.leaderboard import render_summary
 from ..run import requested_options, run_one, weights_path
@@ -24,11 +26,12 @@ from ..report.board import format_params
 from ..selection import select, selected_seeds, sweep_seeds
 from ..sweep import expand, parse_grid, plan, shared_finetunes, tradeoff_grid
 from ..tasks import check_names, load_task
+from ..tasks.variants import is_axis, parse_sets, variants, with_settings
 from ..train import TrainOptions
 
 
 def cmd_run(args) -> int:
-    task = load_task(args.task)
+    task = with_settings(load_task(args.task), parse_sets(args.sets))
     methods = args.methods or list(task.methods)
     classes = load_methods(task, methods)  # every method and its params checked before the first fine-tune
     set_quiet(args.quiet)
@@ -81,12 +84,14 @@ def load_methods(task, methods: list[str]) -> list:
     check_names(task, DATASETS, MODELS, METHODS)  # with them, the task's method_params of every method
     for cls in classes:
         protocol_for(task).check_method(cls)
+        check_pair(mode_of(task.train), cls)
     return classes
 
 
 def stored_record(store: ResultStore, task, cls, seed: int):
     """The stored record of (task, method with the task's params, seed), or None."""
-    rid = run_id(task.name, task.version, cls.name, cls.check_params(task.params_for(cls.name)), seed)
+    rid = run_id(task.name, task.version, cls.name, cls.check_params(task.params_for(cls.name)), seed,
+                 mode_identity(task.train))
     return next((r for r in store.load(task.name) if r.run_id == rid), None)
 
 
@@ -107,33 +112,42 @@ def _import(module: str) -> None:
 def cmd_sweep(args) -> int:
     for module in args.imports:
         _import(module)
-    task = load_task(args.task)
-    methods = args.methods or list(task.methods)
-    load_methods(task, methods)
-    if args.tradeoff:
-        return _tradeoff(args, task, methods)
-    seeds = args.seeds if args.seeds is not None else list(task.seeds)
-    runs = expand(task, methods, seeds, parse_grid(args.grid))
-    todo, done = plan(task, runs, ResultStore(args.results))
-    print(f"sweep {task.name} v{task.version}: {len(runs)} runs ({len(methods)} methods, {len(seeds)} seeds"
-          f"{', grid ' + ' '.join(args.grid) if args.grid else ''}); {len(done)} already recorded in "
-          f"{args.results}/, launching {len(todo)} ({args.launcher})")
-    _launch(args, task, todo)
+    base = with_settings(load_task(args.task), parse_sets(args.sets))
+    methods = args.methods or list(base.methods)
+    grid = parse_grid(args.grid)
+    axes = {k: v for k, v in grid.items() if is_axis(k)}  # train.mode=...: one task variant per mode
+    grid = {k: v for k, v in grid.items() if k not in axes}
+    tasks = variants(base, axes)
+    for task in tasks:  # every method and mode pair checked before the first run of any
+        load_methods(task, methods)
+    for task in tasks:
+        mode = f" (train.mode {mode_of(task.train)})" if len(tasks) > 1 or mode_of(task.train) != "full" else ""
+        if args.tradeoff:
+            _tradeoff(args, task, methods, grid, mode)
+            continue
+        seeds = args.seeds if args.seeds is not None else list(task.seeds)
+        runs = expand(task, methods, seeds, grid)
+        todo, done = plan(task, runs, ResultStore(args.results))
+        print(f"sweep {task.name} v{task.version}{mode}: {len(runs)} runs ({len(methods)} methods, {len(seeds)} "
+              f"seeds{', grid ' + ' '.join(args.grid) if args.grid else ''}); {len(done)} already recorded in "
+              f"{args.results}/, launching {len(todo)} ({args.launcher})")
+        _launch(args, task, todo)
     return 0
 
 
-def _tradeoff(args, task, methods: list[str]) -> int:
+def _tradeoff(args, task, methods: list[str], extra_grid: dict, mode_note: str = "") -> int:
     """Every method over its strength grid (the sweep's seeds); then, for a task with a selection rule and once the
     grid is recorded, each method's selected setting over the rule's seeds. Recorded runs are skipped at both stages,
     so the same command resumes it, here or on other machines."""
     store = ResultStore(args.results)
     seeds = args.seeds if args.seeds is not None else list(sweep_seeds(task))
-    grid = {**tradeoff_grid(methods), **parse_grid(args.grid)}  # --grid METHOD.KEY=... replaces a default grid
+    # --grid METHOD.KEY=... replaces a default grid; a mode has its own learning-rate grid (forgetbench.modes)
+    grid = {**tradeoff_grid(methods, mode_of(task.train)), **extra_grid}
     runs = expand(task, methods, seeds, grid)
     todo, done = plan(task, runs, store)
-    print(f"trade-off sweep {task.name} v{task.version}: {len(runs)} runs ({len(methods)} methods over their "
-          f"strength grids, seeds {', '.join(map(str, seeds))}); {len(done)} already recorded in {args.results}/, "
-          f"launching {len(todo)} ({args.launcher})")
+    print(f"trade-off sweep {task.name} v{task.version}{mode_note}: {len(runs)} runs ({len(methods)} methods over "
+          f"their strength grids, seeds {', '.join(map(str, seeds))}); {len(done)} already recorded in "
+          f"{args.results}/, launching {len(todo)} ({args.launcher})")
     _launch(args, task, todo)
     if task.selection is None:
         print(f"task {task.name!r} has no selection section: no setting is selected")
@@ -148,12 +162,13 @@ def _tradeoff(args, task, methods: list[str]) -> int:
     names = {get_method(m).name for m in methods}
     selected = []
     for method in methods:
-        pick = chosen.get(get_method(method).name)
+        name = get_method(method).name
+        pick = chosen.get(entry_label(name, mode_of(task.train)))  # the method in this task's mode
         if pick is None:
             continue
-        print(f"  selected {pick.method}: {format_params(pick.params, pick.method) or 'defaults'} (validation "
+        print(f"  selected {pick.method}: {format_params(pick.params, name) or 'defaults'} (validation "
               f"{pick.val_acc:.2f}%{'' if pick.matched else ', short of the bar: the closest setting'})")
-        selected += expand(task, [method], selected_seeds(task), {f"{pick.method}.{k}": (v,)
+        selected += expand(task, [method], selected_seeds(task), {f"{name}.{k}": (v,)
                                                                   for k, v in pick.params.items()})
     todo, done = plan(task, selected, store)
     print(f"selected settings x {task.selection.seeds} seeds ({len(names)} methods): {len(selected)} runs, "

@@ -21,6 +21,7 @@ from ..evaluate.evaluation import Evaluation, FrozenModel, percent, require_spli
 from ..features import extract
 from ..heads import head_correct, initial_head
 from ..methods import FinetuneContext
+from ..modes import finish as finish_mode
 from ..models.weights_io import save_atomic
 from ..evaluate.heldout import CONSISTENCY_TOL, PERCENT, POINTS, difference
 from ..evaluate.per_image import PerImage, accuracy, block_problems, pack
@@ -253,12 +254,15 @@ class FinetuneProtocol(Protocol):
         log = finetune(ctx, method, task.train, split, seed, progress=request.progress, on_step=on_step,
                        options=request.options, checkpointer=checkpointer, resume=resume,
                        run_state=lambda: {"trajectory": [to_json(c) for c in trajectory]}, finalize=False)
+        finish_mode(ctx.student)  # LoRA folded into the weights: what is measured (and saved) is a plain encoder
         if not request.world.is_main:
             return
         t2 = time.time()
         training = {"steps": log.steps, "final_loss": log.final_loss, "head_init": head_kind,
                     **({"oom_halvings": log.oom_halvings, "micro_batch": log.micro_batch}
-                       if log.oom_halvings else {})}  # only when out-of-memory changed how it ran
+                       if log.oom_halvings else {}),  # only when out-of-memory changed how it ran
+                    **({"trainable_params": log.trainable["encoder"], "trainable_params_total": log.trainable["total"]}
+                       if log.trainable else {}), **(log.memory or {})}
         if len(variants) > 1:  # the fine-tune these records share, for whoever adds up the cost of a sweep
             knob = method.strength.param
             training["post_hoc"] = {"param": knob, "values": [params[knob] for params, _ in variants]}

@@ -177,6 +177,9 @@ class SequenceProtocol(Protocol):
             if getattr(task.evaluate, key) != unset:
                 problems.add(f"evaluate.{key}", f"not supported in a sequence task (each step is evaluated by "
                                                 f"sequence.accuracy); remove it or set it to {shown}")
+        if task.train.mode not in (None, "full"):  # each step would add the mode's modules again
+            problems.add("train.mode", f"fine-tuning modes are not supported in a sequence task yet; remove it "
+                                       f"(got {task.train.mode!r})")
         super().check_task(task, problems)
 
     def describe(self, task: Any) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
 from ..errors import SpecError
+from ..modes import FULL, mode_of
+from ..modes import identity as mode_identity
 from ..schema import Any_, Integer, Nullable, Number, Problems, Section, Text, entry, extras, to_json
 
 FAILURES_FILE = "failures.jsonl"
@@ -31,12 +33,16 @@ def canonical(obj: Any, what: str) -> str:
         raise SpecError(f"{what} is not plain finite JSON ({e}); use str/int/float/bool/None, lists and dicts") from None
 
 
-def run_id(task: str, task_version: int, method: str, params: Mapping[str, Any], seed: int) -> str:
+def run_id(task: str, task_version: int, method: str, params: Mapping[str, Any], seed: int,
+           mode: Mapping[str, Any] | None = None) -> str:
     """16 hex chars of sha256 over the canonical JSON of the run's identity.
 
     ``params`` must be the *resolved* parameters: ``{"alpha": 1}`` and ``{"alpha": 1.0}`` are different runs.
+    ``mode`` is the fine-tuning mode and its settings (``forgetbench.modes.identity``); None (full fine-tuning)
+    leaves it out, so the ids of runs without a mode are what they always were.
     """
-    ident = {"task": task, "task_version": task_version, "method": method, "params": to_json(params), "seed": seed}
+    ident = {"task": task, "task_version": task_version, "method": method, "params": to_json(params), "seed": seed,
+             **({"mode": dict(mode)} if mode is not None else {})}
     return hashlib.sha256(canonical(ident, "run identity").encode("utf-8")).hexdigest()[:16]
 
 
@@ -115,7 +121,8 @@ class RunRecord:
     def check_fields(self, path: str, problems: Problems) -> None:
         """The run id must be the hash of the run's identity, so a hand-edited record cannot shadow another run."""
         try:
-            expected = run_id(self.task.name, self.task.version, self.method.name, self.method.params, self.seed)
+            expected = run_id(self.task.name, self.task.version, self.method.name, self.method.params, self.seed,
+                              mode_identity(self.task.spec.get("train") or {}))
         except SpecError as e:
             problems.add("method.params", str(e))
             return
@@ -132,6 +139,12 @@ class RunRecord:
         return {"schema": self.SCHEMA, **to_json(self)}
 
     @property
+    def mode(self) -> str:
+        """The fine-tuning mode of the run (``full`` for records without one)."""
+        return mode_of(self.task.spec.get("train") or {})
+
+    @property
     def label(self) -> str:
-        """``task method seed N``: how a run is named in messages."""
-        return f"{self.task.name} {self.method.name} seed {self.seed}"
+        """``task method seed N``: how a run is named in messages (with its mode, when it has one)."""
+        mode = "" if self.mode == FULL else f" ({self.mode})"
+        return f"{self.task.name} {self.method.name}{mode} seed {self.seed}"

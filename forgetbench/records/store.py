@@ -229,7 +229,8 @@ class ResultStore:
         rec: dict[str, Any] = {"schema": FAILURE_SCHEMA, "status": "failed", "reason": str(reason),
                                "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         try:
-            rec["run_id"] = run_id(info["task"], info["task_version"], info["method"], info["params"], info["seed"])
+            rec["run_id"] = run_id(info["task"], info["task_version"], info["method"], info["params"], info["seed"],
+                                   info.get("mode"))
         except (KeyError, TypeError, SpecError):
             rec["run_id"] = info.get("run_id")
         rec["run"] = _jsonable_failure(info)

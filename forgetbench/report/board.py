@@ -1,4 +1,5 @@
-"""A leaderboard table (``Board``): one row per (method, params), cells aggregated over seeds, ranked by one column.
+"""A leaderboard table (``Board``): one row per (method, fine-tuning mode, params), cells aggregated over seeds,
+ranked by one column (a Mode column only when a task's records have more than one mode).
 
 Every protocol builds its table here (``build_board``) from its own columns; the Markdown and HTML leaderboards both
 render the same boards, so they always show the same data. Cells depend only on the set of records, never on their
@@ -19,7 +20,7 @@ from ..methods import METHODS, method_source
 FEW_SEEDS = "†"  # marks a row with fewer seeds than its task requires
 STALE = "‡"  # marks a row with records made by other code of its method than the method's file holds now
 #: The leading columns of every board, with the names they go by in the HTML page's ``#sort=`` links.
-LEADING = {"Rank": "rank", "Method": "method", "Params": "params", "Seeds": "seeds"}
+LEADING = {"Rank": "rank", "Method": "method", "Mode": "mode", "Params": "params", "Seeds": "seeds"}
 
 
 @dataclass(frozen=True)
@@ -151,25 +152,27 @@ def check_one_weights(task: str, version: int, records: list) -> None:
 
 def build_board(task: str, version: int, records: list, older: str | None, note: str, columns: list[Column],
                 rank_by: str, required: int | None = None) -> Board:
-    """Rows per (method, params), cells over seeds, ranked by the mean of column ``rank_by`` (highest first; rows
+    """Rows per (method, mode, params), cells over seeds, ranked by the mean of column ``rank_by`` (highest first; rows
     without it last; equal means share a rank). Rows with fewer than ``required`` seeds (default: the task's
     ``seeds``) are marked. Records of other pre-trained weights than the rest are refused; rows made with other
     method code than today's are marked ``STALE``."""
     check_one_weights(task, version, records)
     required = required or required_seeds(records)
-    groups: dict[tuple[str, str], list] = {}
+    groups: dict[tuple[str, str, str], list] = {}
     for rec in records:
-        groups.setdefault((rec.method.name, format_params(dict(rec.method.params), rec.method.name)), []).append(rec)
+        params = format_params(dict(rec.method.params), rec.method.name)
+        groups.setdefault((rec.method.name, rec.mode, params), []).append(rec)
+    by_mode = len({mode for _, mode, _ in groups}) > 1  # a Mode column only when the records have several
     shown = [c for c in columns if not c.optional or any(c.value(r) is not None for r in records)]
     rows, stale = [], []
-    for (method, params), recs in sorted(groups.items()):
+    for (method, mode, params), recs in sorted(groups.items()):
         n = len({r.seed for r in recs})
         if any(map(is_stale, recs)):
             stale.append(f"{method} ({params})" if params else method)
         cells: dict[str, Any] = {"Method": f"{method} {STALE}" if any(map(is_stale, recs)) else method,
-                                 "Params": params,
+                                 "Mode": mode, "Params": params,
                                  "Seeds": f"{n} {FEW_SEEDS}" if required is not None and n < required else str(n)}
-        sort: dict[str, Any] = {"Method": method, "Params": params, "Seeds": n}
+        sort: dict[str, Any] = {"Method": method, "Mode": mode, "Params": params, "Seeds": n}
         for column in shown:
             # sorted: the cell must not depend on the order records were read in
             values = sorted(float(v) for v in map(column.value, recs) if v is not None)
@@ -182,7 +185,8 @@ def build_board(task: str, version: int, records: list, older: str | None, note:
         if sort[rank_by] != prev:
             rank, prev = i, sort[rank_by]
         cells["Rank"], sort["Rank"] = str(rank), rank
-    titles = [*LEADING, *(c.title for c in shown)]
+    leading = [t for t in LEADING if t != "Mode" or by_mode]
+    titles = [*leading, *(c.title for c in shown)]
     citations = sorted({(r.method.name, r.method.citation) for r in records if r.method.citation})
     return Board(task=task, version=version, note=note, older=older, titles=titles,
                  rows=[{t: c[t] for t in titles} for c, _ in rows], sort_keys=[s for _, s in rows],

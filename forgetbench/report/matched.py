@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from ..errors import SpecError
+from ..modes import entry_label
 from ..selection import select
 from ..tasks import TaskSpec
 from .board import Board, Column, build_board, fmt
@@ -44,13 +45,13 @@ def matched_board(task: str, version: int, records: list, older: str | None, not
     spec = selection_task(records)
     chosen = select(spec, records)
     key = lambda params: json.dumps(params, sort_keys=True)  # noqa: E731
-    picked = {m: key(s.params) for m, s in chosen.items()}
-    rows = [r for r in records if picked.get(r.method.name) == key(dict(r.method.params))]
+    picked = {m: key(s.params) for m, s in chosen.items()}  # by label: a method in each mode is its own row
+    rows = [r for r in records if picked.get(entry_label(r.method.name, r.mode)) == key(dict(r.method.params))]
     columns = [columns[0], Column("Val acc", lambda r: r.metrics.target.acc_val, "mean_std", key="acc_val"),
                *columns[1:]]
     board = build_board(task, version, rows, older, f"{note} {rule_text(spec)}", columns, rank_by="ΔLP",
                         required=spec.selection.seeds)
-    by_method = {m: [r for r in rows if r.method.name == m] for m in chosen}
+    by_method = {m: [r for r in rows if entry_label(r.method.name, r.mode) == m] for m in chosen}
     try:
         runs = {m: [differences(r) for r in sorted(recs, key=lambda r: r.seed)] for m, recs in by_method.items()}
     except ValueError:  # records from before per-image correctness: no interval, ranks by mean as before
@@ -66,16 +67,17 @@ def matched_board(task: str, version: int, records: list, older: str | None, not
     at = board.titles.index("ΔLP") + 1
     board.titles.insert(at, INTERVAL)
     board.keys[INTERVAL] = "delta_lp_ci"
+    label = lambda sort: entry_label(sort["Method"], sort["Mode"])  # noqa: E731
     for cells, sort in zip(board.rows, board.sort_keys):
-        method = cells["Method"]
+        method = label(sort)
         ci = intervals[method]
         cells[INTERVAL] = f"{fmt(ci.mean, True)} [{fmt(ci.low, True)}, {fmt(ci.high, True)}]"
         sort[INTERVAL] = ci.mean
         cells["Rank"], sort["Rank"] = str(ranks[method]), ranks[method]
         if not chosen[method].matched:
-            cells["Method"] = f"{method} {SHORT}"
+            cells["Method"] = f"{cells['Method']} {SHORT}"
     order = sorted(range(len(board.rows)), key=lambda i: (board.sort_keys[i]["Rank"], -intervals[
-        board.sort_keys[i]["Method"]].mean))
+        label(board.sort_keys[i])].mean))
     board.rows = [{t: board.rows[i][t] for t in board.titles} for i in order]
     board.sort_keys = [board.sort_keys[i] for i in order]
     return board

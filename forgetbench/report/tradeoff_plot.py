@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from ..errors import SpecError
 from ..evaluate.per_image import accuracy
 from ..methods import METHODS
+from ..modes import entry_label, split_label
+from ..sweep import tradeoff_grid
 from .board import mean
 from .matched import selection_task
 from .plots import _RC, _paths, _save
@@ -27,21 +29,30 @@ REFERENCE = "ft"
 
 
 def _settings(records: list) -> dict[str, list[tuple[dict, float, float, int]]]:
-    """method -> [(params, mean ΔLP, mean target acc, seeds)], in the order of the method's knob (weakest first)."""
+    """method label (``ft``, ``ft (lora)``) -> [(params, mean ΔLP, mean target acc, seeds)], in the order of the
+    method's knob (weakest first)."""
     groups: dict[tuple[str, str], list] = {}
     for r in sorted(records, key=lambda r: r.run_id):
         if "delta_lp_mean" in r.metrics.summary:
-            groups.setdefault((r.method.name, json.dumps(dict(r.method.params), sort_keys=True)), []).append(r)
+            label = entry_label(r.method.name, r.mode)  # each fine-tuning mode of a method: its own panel
+            groups.setdefault((label, json.dumps(dict(r.method.params), sort_keys=True)), []).append(r)
     out: dict[str, list] = {}
     for (method, key), recs in sorted(groups.items()):
         out.setdefault(method, []).append((json.loads(key), mean([r.metrics.summary["delta_lp_mean"] for r in recs]),
                                            mean([r.metrics.target.acc for r in recs]), len(recs)))
     for method, points in out.items():
-        strength = METHODS.get(method).strength if method in METHODS else None
+        strength = _strength(method)
         if strength is not None:
-            order = {v: i for i, v in enumerate(strength.weakest_first())}
+            name, mode = split_label(method)
+            grid = tradeoff_grid([name], mode)[f"{name}.{strength.param}"]  # a mode's own lr grid
+            order = {v: i for i, v in enumerate(grid)}
             points.sort(key=lambda p: (order.get(p[0].get(strength.param), math.inf), json.dumps(p[0])))
     return out
+
+
+def _strength(label: str):
+    method = split_label(label)[0]
+    return METHODS.get(method).strength if method in METHODS else None
 
 
 def _pretrained(records: list) -> dict[str, float]:
@@ -90,7 +101,8 @@ def _draw(task: str, version: int, records: list, prefix: Path) -> list[Path]:
         raise SpecError(f"task {task!r}: no record has a mean ΔLP to draw")
     pretrained = _pretrained(records)
     selected = _selected(records)
-    methods = sorted(settings, key=lambda m: (m != REFERENCE, m))
+    # ft, then ft in each fine-tuning mode, then the other methods
+    methods = sorted(settings, key=lambda m: (split_label(m)[0] != REFERENCE, m))
     cols = min(4, len(methods))
     rows = math.ceil(len(methods) / cols)
     cmap = mpl.colormaps["tab10" if len(methods) <= 10 else "tab20"]
@@ -117,7 +129,7 @@ def _draw(task: str, version: int, records: list, prefix: Path) -> list[Path]:
                     if p[0] == selected[method]:
                         ax.scatter([p[1]], [p[2]], marker="*", s=140, color=colour, edgecolor="black", zorder=5,
                                    label="selected")
-            strength = METHODS.get(method).strength if method in METHODS else None
+            strength = _strength(method)
             knob = f" ({strength.param}, {len(pts)} settings)" if strength is not None else ""
             ax.set_title(f"{method}{knob}")
             ax.axvline(0.0, color="0.85", lw=0.8, zorder=0)

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from ..errors import SpecError, UnknownNameError
 from ..evaluate.drift_metrics import DRIFT_METRICS
+from ..modes import MODES
 from ..protocol import protocol_for
 from ..schema import (INVALID, Choice, Custom, Flag, Integer, ListOf, MapOf, Nullable, Number, Problems, Section, Text,
                       entry, hint, internal, join, read, show, to_json)
@@ -31,6 +32,8 @@ CLASS_TOKEN_POSITIONS = ("end",)  # where a learned prompt puts the class name (
 BASE_NEW_SPLITS = ("first-half",)  # how a dataset's classes are cut into base and new
 #: The parts of a task that do not define the measurement: its name, its words, and its default methods and seeds.
 #: ``tuning`` documents how ``train`` was chosen; the chosen values themselves are in ``train``.
+#: The fields of ``train`` that choose a fine-tuning mode: an axis of the runs of a task, not of its measurement.
+MODE_AXIS = ("mode", "peft")
 NOT_PROTOCOL = ("name", "version", "description", "methods", "method_params", "seeds", "targets", "tuning")
 
 _DATASET = Text("a dataset name")
@@ -179,6 +182,18 @@ class EvalSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PeftSpec:
+    """The settings of the parameter-efficient modes (``forgetbench.modes``); each has a default there."""
+
+    lora_rank: int | None = entry(Nullable(Integer(ge=1)), None, omit_if_none=True)
+    lora_alpha: float | None = entry(Nullable(Number(gt=0, coerce=True)), None, omit_if_none=True)
+    vpt_tokens: int | None = entry(Nullable(Integer(ge=1)), None, omit_if_none=True)
+    vpt_deep: bool | None = entry(Nullable(Flag()), None, omit_if_none=True)  # tokens at every block, not input only
+    adapter_dim: int | None = entry(Nullable(Integer(ge=1)), None, omit_if_none=True)
+    vqt_tokens: int | None = entry(Nullable(Integer(ge=1)), None, omit_if_none=True)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainSpec:
     """Fine-tuning hyper-parameters. Exactly one of ``epochs`` / ``steps`` is set."""
 
@@ -197,6 +212,10 @@ class TrainSpec:
     # shift still train); unset: they use and update batch statistics, as in training from scratch. Models without
     # BatchNorm (ViTs) are the same either way.
     batchnorm: str | None = entry(Nullable(Choice(BATCHNORM)), None, omit_if_none=True)
+    # which encoder parameters train (forgetbench.modes; unset: full), and the settings of the modes. An axis of the
+    # run, like the seed: part of a record's identity (run id), not of the measurement a task version fixes
+    mode: str | None = entry(Nullable(Choice(MODES)), None, omit_if_none=True)
+    peft: PeftSpec | None = entry(Nullable(Section(PeftSpec)), None, omit_if_none=True)
 
     def check_fields(self, path: str, problems: Problems) -> None:
         # null counts as absent so that to_dict() output (which carries both keys) loads again
@@ -359,7 +378,9 @@ class TaskSpec:
 
     def measurement(self) -> dict[str, Any]:
         """The resolved sections that define what is measured (not the task's name, default methods or seeds)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_PROTOCOL}
+        out = {k: v for k, v in self.to_dict().items() if k not in NOT_PROTOCOL}
+        out["train"] = {k: v for k, v in out["train"].items() if k not in MODE_AXIS}  # the mode: part of the run id
+        return out
 
     def params_for(self, method: str) -> dict[str, Any]:
         """The task's overrides of ``method``'s hyper-parameters (empty when it has none), as plain types."""
