@@ -28,6 +28,7 @@ from .models import MODELS, get_model, state_dict_hash
 from .models.specs import random_variant, weights_location
 from .modes import identity
 from .protocol import protocol_for
+from .run import check_runnable
 from .tasks import check_names
 from .train import finetune
 
@@ -115,7 +116,7 @@ def dry_run(task, methods: list[str], device: str = "cpu", batch: int = 8, seed:
     with ``allow_missing`` it goes on with seeded random weights and says in its last line what it did not check."""
     check_names(task, DATASETS, MODELS, METHODS)
     for m in methods:
-        protocol_for(task).check_method(get_method(m))
+        check_runnable(task, get_method(m))
     own = getattr(protocol_for(task), "dry_run", None)  # a protocol with its own training loop steps it itself
     if own is not None:
         return own(task, methods, device=device, batch=batch, seed=seed, out=out, allow_missing=allow_missing)

@@ -119,6 +119,13 @@ def requested_options(options: TrainOptions, checkpoint_every: int | None, weigh
     return asked
 
 
+def check_runnable(task, method_cls: type) -> None:
+    """Refuse, before any work, a method the task cannot run: one written for another protocol, or one that makes no
+    sense in the task's fine-tuning mode. The one check that run, the command line and the dry run share."""
+    protocol_for(task).check_method(method_cls)
+    check_pair(mode_of(task.train), method_cls)
+
+
 def run_one(task, method_name: str, seed: int, store: ResultStore | None = None, params: dict | None = None,
             device: str | None = None, force: bool = False, progress: bool = True,
             options: TrainOptions | None = None, checkpoint_every: int = 0, weights_dir=None,
@@ -139,8 +146,7 @@ def run_one(task, method_name: str, seed: int, store: ResultStore | None = None,
     protocol = protocol_for(task)
     options = options or TrainOptions()
     method_cls = get_method(method_name)
-    protocol.check_method(method_cls)
-    check_pair(mode_of(task.train), method_cls)
+    check_runnable(task, method_cls)
     if weights_dir is not None and mode_of(task.train) in ADDS_MODULES:
         raise SpecError(f"--save-weights saves the plain encoder, and train.mode {mode_of(task.train)!r} adds modules "
                         f"to it; run without --save-weights (or in mode full, bitfit, lora or linear)")

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from forgetbench.dryrun import dry_run
 from forgetbench.errors import SpecError
 from forgetbench.methods import get_method
 from forgetbench.models import get_model
@@ -179,6 +180,8 @@ def test_a_method_that_makes_no_sense_in_a_mode_is_refused_in_one_line(method, m
         check_pair(mode, get_method(method))
     with pytest.raises(SpecError, match=match):  # before any work: nothing is built or written
         run_one(tiny_task(steps=1, mode=mode), method, 0, progress=False)
+    with pytest.raises(SpecError, match=match):  # the dry run refuses it as the run does
+        dry_run(tiny_task(steps=1, mode=mode), [method], out=lambda *a: None, allow_missing=True)
 
 
 def test_sensible_pairs_pass():

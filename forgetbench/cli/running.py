@@ -16,11 +16,11 @@ from ..methods import METHODS, get_method
 from ..models import MODELS
 from ..progress import set_quiet
 from ..protocol import protocol_for
-from ..modes import check_pair, entry_label, mode_of
+from ..modes import entry_label, mode_of
 from ..modes import identity as mode_identity
 from ..records import ResultStore, run_id
 from ..report.leaderboard import render_summary
-from ..run import requested_options, run_one, weights_path
+from ..run import check_runnable, requested_options, run_one, weights_path
 from ..methods import get_method
 from ..report.board import format_params
 from ..selection import select, selected_seeds, sweep_seeds
@@ -83,8 +83,7 @@ def load_methods(task, methods: list[str]) -> list:
     classes = [get_method(m) for m in methods]
     check_names(task, DATASETS, MODELS, METHODS)  # with them, the task's method_params of every method
     for cls in classes:
-        protocol_for(task).check_method(cls)
-        check_pair(mode_of(task.train), cls)
+        check_runnable(task, cls)
     return classes
 
 
