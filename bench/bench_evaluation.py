@@ -85,7 +85,10 @@ def load() -> str:
 
 def run_child(tree: Path, args) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--task", args.task, "--repeats", "1"]
+    # each tree measures its own task file: a task written for one revision need not parse in another
+    own = tree / "tasks" / f"{args.task}.yaml"
+    task = str(own) if own.exists() else args.task
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--task", task, "--repeats", "1"]
     out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"the measurement in {tree} failed:\n{out.stderr[-3000:]}")

@@ -27,6 +27,8 @@ EXTRACT_BATCH = 256
 #: and kept as one tensor (in memory and in the cache): decoding and transforming every image on every pass cost about
 #: a fifth of an evaluation. Larger splits (real datasets at 224 px) are preprocessed per pass, as before.
 READY_MAX_BYTES = 256 * 2**20
+#: Total size of the ready splits kept in memory; the oldest go first (they stay in the disk cache).
+READY_KEEP_BYTES = 1024 * 2**20
 _ready: dict[str, torch.Tensor] = {}  # ready_images' in-process copies, by cache key
 
 
@@ -77,9 +79,10 @@ def ready_images(model: Model, dataset: ImageDataset, split: str) -> torch.Tenso
     if x is None or x.shape != (len(images), *first.shape):
         x = torch.stack([first] + [model.preprocess(images[i][0]) for i in range(1, len(images))])
         atomic_write(path, save({"images": x.numpy()}), durable=False)
-    if len(_ready) >= 16:  # a sweep touches a handful of datasets; keep memory bounded all the same
-        _ready.pop(next(iter(_ready)))
     _ready[key] = x
+    # keep every split a run evaluates (the mini world's are ~12 MB each), memory bounded all the same
+    while sum(t.numel() * t.element_size() for t in _ready.values()) > READY_KEEP_BYTES and len(_ready) > 1:
+        _ready.pop(next(iter(_ready)))
     return x
 
 

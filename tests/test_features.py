@@ -36,3 +36,18 @@ def test_a_damaged_ready_images_file_is_rebuilt(cache):
     path.write_bytes(b"not a safetensors file")
     features._ready.clear()
     assert torch.equal(features.ready_images(model, dataset, "test"), ready)
+
+
+def test_ready_images_in_memory_stay_within_their_byte_budget_oldest_first(cache, monkeypatch):
+    model = get_model("mini-clip")
+    dataset = get_dataset("mini/digits")
+    features._ready.clear()
+    val = features.ready_images(model, dataset, "val")
+    one = val.numel() * val.element_size()
+    monkeypatch.setattr(features, "READY_KEEP_BYTES", one)  # room for the val split only
+    test = features.ready_images(model, dataset, "test")
+    assert [t.shape[0] for t in features._ready.values()] == [test.shape[0]]  # val went, the newest stays
+    assert torch.equal(features.ready_images(model, dataset, "val"), val)  # back from the disk cache, the same
+    monkeypatch.setattr(features, "READY_KEEP_BYTES", 10 * one)
+    features.ready_images(model, dataset, "test")
+    assert len(features._ready) == 2  # under the budget, both stay

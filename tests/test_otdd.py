@@ -230,6 +230,20 @@ def test_sinkhorn_converges_over_the_regularisation_grid_and_brackets_the_exact_
     assert gaps[0] < 0.01 * exact  # small reg: close to the exact value, not merely inside the bracket
 
 
+def test_newton_from_the_warm_start_reaches_the_value_of_the_cold_path(monkeypatch):
+    """The cross problem's two routes when the warm start stalls (clustered data, reg 0.2): Sinkhorn-Newton from
+    the warm potentials, and eps-scaling from scratch; both must land on the same entropic OT value."""
+    from forgetbench.evaluate import otdd as module
+
+    xa, xb, y = paired_clusters()
+    res = {}
+    for route, threshold in (("newton", 1.0), ("cold", 0.0)):
+        monkeypatch.setitem(module._entropic_ot.__kwdefaults__, "newton_from_warm", threshold)
+        res[route] = otdd(xa, y, xb, y, entropic_reg=0.2, sinkhorn_tol=1e-9, sinkhorn_max_iter=20_000, **SINKHORN)
+    assert res["newton"].params["sinkhorn_iters"]["ab"] != res["cold"].params["sinkhorn_iters"]["ab"]  # two routes
+    assert res["newton"].distance == pytest.approx(res["cold"].distance, rel=1e-7)
+
+
 def test_no_nan_with_singular_covariances_and_single_sample_classes():
     x, y = blobs(16, (1, 2, 5, 1), d=20)  # n_c < d everywhere, two singletons
     xb = x + 0.1 * np.random.default_rng(0).standard_normal(x.shape)
