@@ -171,9 +171,10 @@ def _entropic_ot(cost: torch.Tensor, reg: float, kernel: torch.Tensor, log: _Sin
     marginal error is below ``newton_from_warm``; otherwise, eps-scaling from the cost scale (max C) down to ``reg``
     by factors ``anneal`` with ``stage_iter`` iterations per stage, then iterations until the L1 marginal error is
     below ``tol``; if ``newton_after`` iterations at ``reg`` do not get there, Sinkhorn-Newton steps finish the job
-    (``max_iter`` Sinkhorn iterations or Newton plan-vector products in all). ``stage_iter`` defaults to 3 for ``symmetric`` problems (a 5,000-point self problem at reg
-    0.01, 0.1 and 1: the same values to 12 digits as with 10 per stage, in 14-21 iterations instead of 22-51) and 10
-    otherwise (3 left the stalled cross problems of small reg further from the solution, and Newton ~30% more work).
+    (``max_iter`` Sinkhorn iterations or Newton plan-vector products in all). ``stage_iter`` defaults to 3 for
+    ``symmetric`` problems (a 5,000-point self problem at reg 0.01, 0.1 and 1: the same values to 12 digits as with
+    10 per stage, in 14-21 iterations instead of 22-51) and 10 otherwise (3 left the stalled cross problems of small
+    reg further from the solution, and Newton ~30% more work).
     Alternating Sinkhorn converges 20-50x more slowly than the symmetric update on self-transport problems, hence
     ``symmetric``.
     """

@@ -51,7 +51,8 @@ def dry_run_prompt(protocol: Any, task: Any, methods: list[str], device: str, ba
             text = torch.nn.functional.normalize(model.encode_text(
                 [templates[0].format(classes[c]) for c in base]).to(device), dim=-1)
             for method_name in methods:
-                method = get_method(method_name)(**task.params_for(get_method(method_name).name))
+                cls = get_method(method_name)
+                method = cls(**task.params_for(cls.name))
                 learner = PromptLearner(model, [classes[c] for c in base], spec.context_tokens, spec.context_init,
                                         seed, device)
                 ctx = PromptContext(learner=learner, handcrafted=text, dataset=name,

@@ -35,7 +35,7 @@ from ..evaluate.per_image import PerImage, accuracy, pack, unpack
 from ..features import cached_extract
 from ..methods import learning_rate
 from ..progress import bar_disable
-from ..prompt_tuning import (PromptBatch, PromptContext, PromptLearner, PromptMethod, base_new_classes,
+from ..prompt_tuning import (PROTOCOL, PromptBatch, PromptContext, PromptLearner, PromptMethod, base_new_classes,
                              harmonic_mean, kshot_indices)
 from ..protocol import Protocol, register_protocol
 from ..records.base import RunRecord
@@ -267,7 +267,7 @@ def tune_dataset(task: Any, method: PromptMethod, reference: FrozenModel, evalua
 
 @register_protocol
 class PromptTuningProtocol(Protocol):
-    name = "prompt-tuning"
+    name = PROTOCOL  # the name PromptMethod's hooks are written for
     description = "few-shot prompt tuning (CoOp): learn a prompt on base classes; score base and new classes"
     record_type = PromptRecord
 
